@@ -1,0 +1,1 @@
+"""Benchmark fixtures shared by the test modules."""
