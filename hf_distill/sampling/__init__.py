@@ -1,0 +1,10 @@
+"""Single-domain batch samplers: round-robin, dataset-size, balanced and UDON's dynamic sampling."""
+
+from hf_distill.sampling.domain_sampler import (
+    STRATEGIES,
+    DomainBatchSampler,
+    group_indices_by_domain,
+    largest_remainder_counts,
+)
+
+__all__ = ["STRATEGIES", "DomainBatchSampler", "group_indices_by_domain", "largest_remainder_counts"]

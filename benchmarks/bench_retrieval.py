@@ -1,0 +1,206 @@
+"""Time and memory of merged UnED retrieval evaluation: the library path against a naive full matrix.
+
+Default size: 10k queries against a 1M x 64 index of random unit vectors split over 4 domains of unequal
+size. Each method runs in its own worker process, so that its peak resident memory (``ru_maxrss`` from
+``resource.getrusage``, which counts torch and faiss allocations alike) is its own. The "above data"
+column subtracts the resident size measured once the embeddings exist, i.e. what the search itself costs.
+
+Methods:
+- ``library-faiss`` / ``library-torch``: ``hf_distill.evaluation.evaluate_retrieval(protocols=["merged"])``
+  with that k-NN backend (the torch one chunked under ``--memory-budget-mb``);
+- ``naive``: ``queries @ index.T`` as one matrix, ``topk``, then the same metric code. Skipped (and said so)
+  when the matrix does not fit in the available memory.
+
+Usage: ``python benchmarks/bench_retrieval.py [--queries 10000] [--index-size 1000000] [--threads 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hf_distill.evaluation.knn import faiss_available
+from hf_distill.evaluation.metrics import RetrievalDomain, evaluate_retrieval, label_matrix, query_metrics
+
+METHODS = ("library-faiss", "library-torch", "naive")
+DOMAIN_SHARES = (0.4, 0.3, 0.2, 0.1)
+
+
+def _rss_mib() -> float:
+    """Current resident set size of this process."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _peak_rss_mib() -> float:
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _available_mib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _unit_vectors(count: int, dim: int, generator: torch.Generator) -> torch.Tensor:
+    """Random unit vectors, made in blocks so that generation does not dominate the peak memory."""
+    out = torch.empty((count, dim), dtype=torch.float32)
+    for start in range(0, count, 100_000):
+        block = torch.randn(min(100_000, count - start), dim, generator=generator)
+        out[start : start + len(block)] = torch.nn.functional.normalize(block, dim=1)
+    return out
+
+
+def _split_sizes(total: int, domains: int) -> list[int]:
+    shares = np.asarray(DOMAIN_SHARES[:domains] if domains <= len(DOMAIN_SHARES) else [1.0] * domains)
+    sizes = np.floor(shares / shares.sum() * total).astype(int)
+    sizes[0] += total - sizes.sum()
+    return sizes.tolist()
+
+
+def make_domains(args: argparse.Namespace) -> dict[str, RetrievalDomain]:
+    """Random query and index sets for ``args.domains`` domains with ``args.classes`` labels each."""
+    generator = torch.Generator().manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    domains = {}
+    for number, (n_query, n_index) in enumerate(
+        zip(_split_sizes(args.queries, args.domains), _split_sizes(args.index_size, args.domains))
+    ):
+        domains[f"domain{number}"] = RetrievalDomain(
+            _unit_vectors(n_query, args.dim, generator),
+            rng.integers(0, args.classes, n_query),
+            _unit_vectors(n_index, args.dim, generator),
+            rng.integers(0, args.classes, n_index),
+        )
+    return domains
+
+
+def naive_merged(domains: dict[str, RetrievalDomain]) -> dict[str, float]:
+    """Merged protocol with the whole similarity matrix in memory (what the library avoids)."""
+    names = list(domains)
+    queries = torch.cat([torch.as_tensor(domains[name].query_embeddings) for name in names])
+    index = torch.cat([torch.as_tensor(domains[name].index_embeddings) for name in names])
+    _, neighbors = (queries @ index.T).topk(5, dim=1)
+    query_labels = [label_matrix(domains[name].query_labels) for name in names]
+    index_labels = [label_matrix(domains[name].index_labels) for name in names]
+    query_domains = np.repeat(np.arange(len(names)), [len(labels) for labels in query_labels])
+    index_domains = np.repeat(np.arange(len(names)), [len(labels) for labels in index_labels])
+    all_index_labels = np.concatenate(index_labels)
+    all_query_labels = np.concatenate(query_labels)
+    n_relevant = np.zeros(len(all_query_labels), dtype=np.int64)
+    for number in range(len(names)):
+        counts = np.bincount(all_index_labels[index_domains == number, 0])
+        rows = query_domains == number
+        labels = all_query_labels[rows, 0]
+        n_relevant[rows] = np.where(labels < len(counts), counts[np.minimum(labels, len(counts) - 1)], 0)
+    scores = query_metrics(
+        neighbors.numpy(), all_query_labels, query_domains, all_index_labels, index_domains, n_relevant
+    )
+    return {
+        "merged/mean/R@1": float(
+            np.mean([scores["R@1"][query_domains == n].mean() for n in range(len(names))])
+        )
+    }
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Run one method and print one JSON line of figures."""
+    torch.set_num_threads(args.threads)
+    if args.method == "library-faiss":
+        import faiss
+
+        faiss.omp_set_num_threads(args.threads)
+    domains = make_domains(args)
+    data_rss = _rss_mib()
+    start = time.perf_counter()
+    if args.method == "naive":
+        metrics = naive_merged(domains)
+    else:
+        metrics = evaluate_retrieval(
+            domains,
+            protocols=["merged"],
+            backend=args.method.removeprefix("library-"),
+            memory_budget_mb=args.memory_budget_mb,
+        )
+    seconds = time.perf_counter() - start
+    peak = _peak_rss_mib()
+    figures = {
+        "seconds": seconds,
+        "peak_rss_mib": peak,
+        "data_rss_mib": data_rss,
+        "R@1": metrics["merged/mean/R@1"],
+    }
+    print(json.dumps(figures))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--queries", type=int, default=10_000)
+    parser.add_argument("--index-size", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--domains", type=int, default=4)
+    parser.add_argument("--classes", type=int, default=1000, help="labels per domain")
+    parser.add_argument("--memory-budget-mb", type=float, default=256.0, help="torch backend score block")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.method is not None:
+        worker(args)
+        return
+
+    print(
+        f"merged retrieval: {args.queries} queries x {args.index_size} index x {args.dim}-d, "
+        f"{args.domains} domains, {args.threads} threads, torch budget {args.memory_budget_mb:g} MB"
+    )
+    print("memory: peak RSS = resource.getrusage(RUSAGE_SELF).ru_maxrss of a worker process per method")
+    print(f"{'method':<14} {'seconds':>9} {'peak RSS MiB':>13} {'above data MiB':>15} {'merged R@1':>11}")
+    worker_argv = [arg for arg in sys.argv[1:]]
+    results = {}
+    for method in args.methods:
+        if method == "library-faiss" and not faiss_available():
+            print(f"{method:<14} skipped: faiss is not installed")
+            continue
+        if method == "naive":
+            needed = args.queries * args.index_size * 4 / 2**20
+            available = _available_mib()
+            if needed > 0.8 * available:
+                print(
+                    f"{method:<14} skipped: the {args.queries} x {args.index_size} float32 score matrix needs "
+                    f"{needed / 1024:.1f} GiB, {available / 1024:.1f} GiB available"
+                )
+                continue
+        completed = subprocess.run(
+            [sys.executable, __file__, *worker_argv, "--method", method],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        figures = json.loads(completed.stdout.strip().splitlines()[-1])
+        results[method] = figures
+        print(
+            f"{method:<14} {figures['seconds']:>9.2f} {figures['peak_rss_mib']:>13.0f} "
+            f"{figures['peak_rss_mib'] - figures['data_rss_mib']:>15.0f} {figures['R@1']:>11.4f}"
+        )
+    values = {round(figures["R@1"], 12) for figures in results.values()}
+    if len(values) > 1:
+        print("warning: the methods disagree on merged R@1", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

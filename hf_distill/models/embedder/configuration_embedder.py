@@ -1,0 +1,85 @@
+"""Configuration of the universal image embedder, the artefact every distillation method exports.
+
+Self-contained on purpose: this file is copied next to saved checkpoints and imported by
+``trust_remote_code=True`` in processes that never import hf_distill, so it may only import transformers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedConfig
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+BACKBONE_SOURCES = ("timm", "transformers")
+
+
+class UniversalEmbedderConfig(PreTrainedConfig):
+    """Architecture and preprocessing of a universal image embedder.
+
+    Args:
+        backbone: a timm model name (``backbone_source="timm"``) or, for ``"transformers"``, a model type
+            (e.g. ``"vit"``, built from ``backbone_kwargs``) or a local config directory / Hub id.
+        backbone_source: ``"timm"`` or ``"transformers"``.
+        backbone_kwargs: extra architecture arguments (timm ``create_model`` kwargs such as ``img_size``,
+            ``patch_size``, ``depth``; or transformers config fields).
+        pretrained_file: optional local safetensors file with backbone weights, loaded when the model is built
+            from scratch. Not written to saved configs: the saved ``model.safetensors`` supersedes it, and a
+            local path means nothing on another machine.
+        pooling: ``"default"`` keeps the backbone's own pooling; otherwise a timm ``global_pool`` value
+            (``"avg"``, ``"token"``, ``"max"`` …); for transformers backbones ``"token"`` (CLS) or ``"avg"``.
+        feature_norm: L2-normalise the backbone feature before the head (UDON's heads expect this).
+        embed_dim: output width of the linear head; ``None`` keeps the backbone feature (identity head).
+        normalize: L2-normalise the final embedding.
+        image_size: side of the square centre crop fed to the backbone.
+        resize_size: the shorter image side is resized to this (antialiased bilinear) before the crop;
+            ``None`` means ``image_size`` (UDON's evaluation: resize the short side to the crop size).
+        image_mean / image_std: per-channel normalisation of the backbone's pretraining.
+    """
+
+    model_type = "hf_distill_embedder"
+
+    backbone: str = "vit_tiny_patch16_224"
+    backbone_source: str = "timm"
+    backbone_kwargs: dict | None = None
+    pretrained_file: str | None = None
+    pooling: str = "default"
+    feature_norm: bool = False
+    embed_dim: int | None = 64
+    normalize: bool = True
+    image_size: int = 224
+    resize_size: int | None = None
+    image_mean: list[float] | tuple[float, ...] | None = None
+    image_std: list[float] | tuple[float, ...] | None = None
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        if self.backbone_source not in BACKBONE_SOURCES:
+            raise ValueError(
+                f"backbone_source={self.backbone_source!r} is not supported; use one of {BACKBONE_SOURCES}"
+            )
+        if self.embed_dim is not None and self.embed_dim <= 0:
+            raise ValueError(f"embed_dim must be positive or None (identity head), got {self.embed_dim}")
+        if self.image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {self.image_size}")
+        self.backbone_kwargs = dict(self.backbone_kwargs or {})
+        self.image_mean = list(self.image_mean if self.image_mean is not None else IMAGENET_MEAN)
+        self.image_std = list(self.image_std if self.image_std is not None else IMAGENET_STD)
+        if len(self.image_mean) != 3 or len(self.image_std) != 3:
+            raise ValueError(
+                f"image_mean and image_std need 3 values (RGB), got {self.image_mean} and {self.image_std}"
+            )
+        if self.resize_size is None:
+            self.resize_size = self.image_size
+        if self.resize_size < self.image_size:
+            raise ValueError(f"resize_size={self.resize_size} is smaller than image_size={self.image_size}")
+        super().__post_init__(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialise the config, leaving out the machine-local ``pretrained_file``."""
+        output = super().to_dict()
+        output.pop("pretrained_file", None)
+        return output
+
+
+__all__ = ["UniversalEmbedderConfig"]

@@ -1,0 +1,299 @@
+"""MLFD models (SPEC §4): dataset-specific classifiers (individual teachers and students) and the joint teacher."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from hf_distill.models.embedder.modeling_embedder import UniversalEmbedderModel, create_backbone
+from hf_distill.models.mlfd.configuration_mlfd import JointTeacherConfig, MlfdClassifierConfig
+
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+def align_spatial(feature_map: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resize ``(B, C, H, W)`` to ``(B, C, *size)``: adaptive average pooling when shrinking (each target cell
+    averages the cells it covers), bilinear interpolation when growing; unchanged when already that size.
+
+    Args:
+        feature_map: the map to resize.
+        size: target ``(height, width)``.
+    """
+    height, width = int(size[0]), int(size[1])
+    if feature_map.shape[-2:] == (height, width):
+        return feature_map
+    if feature_map.shape[-2] >= height and feature_map.shape[-1] >= width:
+        return F.adaptive_avg_pool2d(feature_map, (height, width))
+    return F.interpolate(feature_map, size=(height, width), mode="bilinear", align_corners=False)
+
+
+@dataclass
+class MlfdClassifierOutput(ModelOutput):
+    """Output of :class:`MlfdClassifierModel`.
+
+    Args:
+        loss: cross-entropy with ``labels`` when they are given.
+        logits: ``(batch, num_classes)``.
+        pooled_features: ``(batch, feature_dim)`` pooled backbone features (what the exported embedder returns
+            before L2 normalisation).
+        feature_maps: the raw maps at ``config.feature_levels`` (only with ``output_feature_maps=True``).
+        distill_maps: ``feature_maps`` passed through the student-side adaptors (identity where the channels
+            already match ``config.distill_channels``; only with ``output_feature_maps=True``).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    pooled_features: torch.FloatTensor | None = None
+    feature_maps: tuple[torch.FloatTensor, ...] | None = None
+    distill_maps: tuple[torch.FloatTensor, ...] | None = None
+
+
+class MlfdPreTrainedModel(PreTrainedModel):
+    """Shared save/load wiring of the MLFD models."""
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    @classmethod
+    def get_init_context(cls, *args, **kwargs) -> list:
+        # Build on the CPU, not the meta device: timm backbones compute buffers in their constructors that
+        # checkpoints do not hold (same reason as UniversalEmbedderModel).
+        return [context for context in super().get_init_context(*args, **kwargs) if context != torch.device("meta")]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Backbones keep their library's initialisation (or pretrained weights); the MLFD layers are initialised
+        # in their constructors with PyTorch's defaults, so nothing is re-initialised here.
+        return
+
+
+class MlfdClassifierModel(MlfdPreTrainedModel):
+    """A timm backbone with a classification head; an MLFD individual teacher or a dataset-specific student.
+
+    Args:
+        config: an :class:`MlfdClassifierConfig`.
+
+    Attributes:
+        backbone: the timm module built by :func:`~hf_distill.models.embedder.create_backbone`.
+        classifier: ``nn.Linear(feature_dim, num_classes)``.
+        adaptors: one student-side adaptor per feature level (1×1 conv where channels differ, else identity).
+    """
+
+    config_class = MlfdClassifierConfig
+    base_model_prefix = "mlfd_classifier"
+
+    def __init__(self, config: MlfdClassifierConfig) -> None:
+        super().__init__(config)
+        self.backbone, self.feature_dim = create_backbone(config.to_embedder_config())
+        if not hasattr(self.backbone, "forward_intermediates"):
+            raise ValueError(
+                f"backbone {config.backbone!r} has no forward_intermediates; MLFD needs a timm model exposing "
+                "its feature maps"
+            )
+        self.level_channels = [self._channels_of(level) for level in config.feature_levels]
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(self.feature_dim, config.num_classes)
+        targets = config.distill_channels or self.level_channels
+        self.adaptors = nn.ModuleList(
+            nn.Identity() if source == target else nn.Conv2d(source, target, kernel_size=1)
+            for source, target in zip(self.level_channels, targets)
+        )
+        self.post_init()
+
+    def _channels_of(self, level: int) -> int:
+        info = self.backbone.feature_info
+        infos = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
+        if not -len(infos) <= level < len(infos):
+            raise ValueError(
+                f"feature level {level} is out of range for {self.config.backbone!r}, which has {len(infos)} "
+                "levels (use an index in [-levels, levels))"
+            )
+        return int(infos[level]["num_chs"])
+
+    def _run_backbone(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        # One pass yields both the final features (for the head) and the intermediate maps.
+        final, maps = self.backbone.forward_intermediates(pixel_values, indices=list(self.config.feature_levels))
+        return self.backbone.forward_head(final), list(maps)
+
+    def feature_maps(self, pixel_values: torch.Tensor, levels: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """The backbone's raw maps ``(B, C, H, W)`` at ``levels`` (default ``config.feature_levels``).
+
+        Args:
+            pixel_values: ``(B, 3, H, W)`` normalised images.
+            levels: indices into the backbone's ``forward_intermediates`` levels.
+        """
+        indices = list(self.config.feature_levels if levels is None else levels)
+        return list(self.backbone.forward_intermediates(pixel_values, indices=indices, intermediates_only=True))
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_feature_maps: bool = False,
+        **kwargs,
+    ) -> MlfdClassifierOutput:
+        """Classify a batch of images.
+
+        Args:
+            pixel_values: ``(B, 3, H, W)`` normalised images.
+            labels: optional ``(B,)`` class indices; the output then carries the cross-entropy.
+            output_feature_maps: also return the maps at ``config.feature_levels`` (raw and adapted).
+        """
+        if output_feature_maps:
+            pooled, maps = self._run_backbone(pixel_values)
+        else:
+            pooled, maps = self.backbone(pixel_values), None
+        logits = self.classifier(self.dropout(pooled))
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        distill_maps = None
+        if maps is not None:
+            distill_maps = tuple(adaptor(feature_map) for adaptor, feature_map in zip(self.adaptors, maps))
+            maps = tuple(maps)
+        return MlfdClassifierOutput(
+            loss=loss, logits=logits, pooled_features=pooled, feature_maps=maps, distill_maps=distill_maps
+        )
+
+    def to_embedder(self) -> UniversalEmbedderModel:
+        """Export as a :class:`UniversalEmbedderModel` returning the L2-normalised pooled backbone feature; the
+        classifier and adaptors (expendable) are dropped."""
+        embedder = UniversalEmbedderModel(self.config.to_embedder_config(pretrained_file=None))
+        embedder.backbone.load_state_dict(self.backbone.state_dict())
+        return embedder.eval()
+
+
+@dataclass
+class JointTeacherOutput(ModelOutput):
+    """Output of :class:`JointTeacherModel`.
+
+    Args:
+        loss: cross-entropy with ``labels`` when they are given.
+        logits: ``(batch, max classes)``; row ``i`` holds the logits of its dataset's head, padded with the
+            dtype's most negative value (softmax gives those columns zero probability).
+        fused_maps: one ``(batch, out_channels, h, w)`` fused map per fusion level, shallowest first.
+        pooled: ``(batch, out_channels)`` pooled deepest fused map (before dropout).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    fused_maps: tuple[torch.FloatTensor, ...] | None = None
+    pooled: torch.FloatTensor | None = None
+
+
+def _conv_block(in_channels: int, out_channels: int, kernel: int, stride: int, activation: str) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        _ACTIVATIONS[activation](),
+    )
+
+
+class JointTeacherModel(MlfdPreTrainedModel):
+    """MLFD joint teacher: fuses the individual teachers' feature maps and classifies every dataset.
+
+    Args:
+        config: a :class:`JointTeacherConfig` (the architecture is described there).
+
+    Inputs are the cached teacher maps, one ``(B, C_t, H_t, W_t)`` tensor per teacher (a list in the order of
+    ``config.teacher_names``, or a dict keyed by teacher name), and ``domain_ids`` selecting each row's head.
+    """
+
+    config_class = JointTeacherConfig
+    base_model_prefix = "joint_teacher"
+    main_input_name = "teacher_maps"
+    input_modalities = ()
+
+    def __init__(self, config: JointTeacherConfig) -> None:
+        super().__init__(config)
+        self.adaptors = nn.ModuleList(
+            nn.Sequential(nn.BatchNorm2d(channels), nn.Conv2d(channels, config.adaptor_channels, kernel_size=1))
+            for channels in config.teacher_channels
+        )
+        concat_channels = config.adaptor_channels * len(config.teacher_channels)
+        self.fusion = nn.Sequential(nn.BatchNorm2d(concat_channels), _ACTIVATIONS[config.activation]())
+        self.fusion_levels = nn.ModuleList(
+            _conv_block(concat_channels, concat_channels, 3, 2, config.activation) for _ in range(config.fusion_levels)
+        )
+        self.outputs = nn.ModuleList(
+            _conv_block(concat_channels, config.out_channels, 1, 1, config.activation)
+            for _ in range(config.fusion_levels + 1)
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.heads = nn.ModuleList(nn.Linear(config.out_channels, count) for count in config.num_classes)
+        self.post_init()
+
+    def _ordered_maps(self, teacher_maps: Sequence[torch.Tensor] | dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        names = self.config.teacher_names
+        if isinstance(teacher_maps, dict):
+            missing = [name for name in names if name not in teacher_maps]
+            if missing:
+                raise ValueError(f"teacher maps missing for {missing}; got {sorted(teacher_maps)}")
+            teacher_maps = [teacher_maps[name] for name in names]
+        if len(teacher_maps) != len(names):
+            raise ValueError(f"expected {len(names)} teacher maps ({names}), got {len(teacher_maps)}")
+        for name, feature_map, channels in zip(names, teacher_maps, self.config.teacher_channels):
+            if feature_map.dim() != 4 or feature_map.shape[1] != channels:
+                raise ValueError(
+                    f"teacher {name!r}: expected a (B, {channels}, H, W) map, got shape {tuple(feature_map.shape)}"
+                )
+        return list(teacher_maps)
+
+    def fuse(self, teacher_maps: Sequence[torch.Tensor] | dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The fused maps, one per fusion level (shallowest first).
+
+        Args:
+            teacher_maps: one map per teacher (list in ``config.teacher_names`` order, or dict by name).
+        """
+        grid = self.config.fusion_grid
+        adapted = [
+            adaptor(align_spatial(feature_map.float(), grid))
+            for adaptor, feature_map in zip(self.adaptors, self._ordered_maps(teacher_maps))
+        ]
+        level = self.fusion(torch.cat(adapted, dim=1))
+        fused = [self.outputs[0](level)]
+        for fusion_level, output in zip(self.fusion_levels, self.outputs[1:]):
+            level = fusion_level(level)
+            fused.append(output(level))
+        return fused
+
+    def forward(
+        self,
+        teacher_maps: Sequence[torch.Tensor] | dict[str, torch.Tensor],
+        domain_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> JointTeacherOutput:
+        """Fuse the teacher maps and classify each row with its dataset's head.
+
+        Args:
+            teacher_maps: one ``(B, C_t, H_t, W_t)`` map per teacher.
+            domain_ids: ``(B,)`` index into ``config.datasets`` of each row.
+            labels: optional ``(B,)`` class indices local to each row's dataset.
+        """
+        fused = self.fuse(teacher_maps)
+        pooled = fused[-1].mean(dim=(2, 3))
+        hidden = self.dropout(pooled)
+        domain_ids = domain_ids.to(hidden.device).long()
+        if domain_ids.numel() and int(domain_ids.max()) >= len(self.heads):
+            raise ValueError(f"domain id {int(domain_ids.max())} is out of range for datasets {self.config.datasets}")
+        logits = hidden.new_full((hidden.shape[0], max(self.config.num_classes)), torch.finfo(hidden.dtype).min)
+        for domain, head in enumerate(self.heads):
+            rows = domain_ids == domain
+            if rows.any():
+                logits[rows, : head.out_features] = head(hidden[rows])
+        loss = F.cross_entropy(logits, labels.to(logits.device).long()) if labels is not None else None
+        return JointTeacherOutput(loss=loss, logits=logits, fused_maps=tuple(fused), pooled=pooled)
+
+
+__all__ = [
+    "JointTeacherModel",
+    "JointTeacherOutput",
+    "MlfdClassifierModel",
+    "MlfdClassifierOutput",
+    "MlfdPreTrainedModel",
+    "align_spatial",
+]

@@ -1,0 +1,69 @@
+"""Configuration of the UNIC student (SPEC §3): a ViT with per-teacher ladders of projectors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedConfig
+
+TOKEN_TYPES = ("cls", "patch")
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+class UnicStudentConfig(PreTrainedConfig):
+    """Architecture of a UNIC student and of its expendable projectors.
+
+    Args:
+        backbone: a timm ViT name (paper: ``vit_base_patch16_224``; CPU tests: ``vit_tiny_patch16_224``).
+        backbone_kwargs: extra ``timm.create_model`` arguments changing the architecture (``img_size``,
+            ``patch_size``, ``depth``, ``embed_dim`` …).
+        drop_path_rate: stochastic depth of the student during training (paper: 0.1); not exported.
+        teachers: teacher name → ``{"global_dim": int, "token_dim": int, "grid": [h, w]}``, the shapes of the
+            targets each ladder predicts.
+        ladder_blocks: indices of the student blocks that feed the ladders (negative values count from the
+            end); ``None`` = every block (paper default). The last block is always part of the ladder.
+        projector_hidden_ratio: hidden width of intermediate-block projectors, in multiples of the student
+            width ``d`` (SPEC: 1).
+        last_projector_hidden_ratio: hidden width of the last block's projector (SPEC: 4).
+        image_size: side of the student's square input.
+        resize_size: shorter-side resize before the centre crop at evaluation (``None``: ``image_size``).
+        image_mean / image_std: normalisation of the student's input.
+        resample: resize filter of the evaluation preprocessing.
+    """
+
+    model_type = "hf_distill_unic"
+
+    backbone: str = "vit_tiny_patch16_224"
+    backbone_kwargs: dict | None = None
+    drop_path_rate: float = 0.0
+    teachers: dict | None = None
+    ladder_blocks: list[int] | None = None
+    projector_hidden_ratio: float = 1.0
+    last_projector_hidden_ratio: float = 4.0
+    image_size: int = 224
+    resize_size: int | None = None
+    image_mean: list[float] | tuple[float, ...] | None = None
+    image_std: list[float] | tuple[float, ...] | None = None
+    resample: str = "bicubic"
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        self.backbone_kwargs = dict(self.backbone_kwargs or {})
+        self.teachers = {name: dict(shape) for name, shape in (self.teachers or {}).items()}
+        for name, shape in self.teachers.items():
+            missing = {"global_dim", "token_dim", "grid"} - set(shape)
+            if missing:
+                raise ValueError(f"UnicStudentConfig.teachers[{name!r}] lacks {sorted(missing)}")
+            shape["grid"] = [int(v) for v in shape["grid"]]
+        if self.ladder_blocks is not None:
+            self.ladder_blocks = [int(block) for block in self.ladder_blocks]
+        self.image_mean = list(self.image_mean if self.image_mean is not None else IMAGENET_MEAN)
+        self.image_std = list(self.image_std if self.image_std is not None else IMAGENET_STD)
+        if self.resize_size is None:
+            self.resize_size = self.image_size
+        if self.image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {self.image_size}")
+        super().__post_init__(**kwargs)
+
+
+__all__ = ["TOKEN_TYPES", "UnicStudentConfig"]

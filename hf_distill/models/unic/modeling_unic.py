@@ -1,0 +1,254 @@
+"""The UNIC student (Sariyildiz et al., ECCV 2024; SPEC §3): a ViT trained from scratch to predict the CLS
+and patch tokens of several frozen teachers through a *ladder of projectors*.
+
+For every teacher and token type (CLS / patch) there is one 2-layer MLP (Linear → GELU → Linear) on the output
+of each selected student block; their outputs are summed. Intermediate-block projectors have hidden width
+``d`` (the student width), the last block's ``4d``. Intermediate blocks are read before the final LayerNorm,
+the last one after it — the same tensor the exported embedder returns. When a teacher's token grid differs
+from the student's, the student's tokens are resized bilinearly to the teacher's grid before projection.
+
+The projectors are expendable: `UnicStudentModel.export_embedder` returns a `UniversalEmbedderModel` holding
+only the backbone, whose embedding is the student's final-normed CLS token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from hf_distill.models.embedder import UniversalEmbedderConfig, UniversalEmbedderModel, create_backbone
+from hf_distill.models.unic.configuration_unic import TOKEN_TYPES, UnicStudentConfig
+
+
+@dataclass
+class UnicStudentOutput(ModelOutput):
+    """Output of `UnicStudentModel`.
+
+    Args:
+        predictions: teacher name → ``{"cls": (batch, global_dim), "patch": (batch, h * w, token_dim)}``,
+            predictions of that teacher's targets on the teacher's token grid.
+        embeddings: ``(batch, d)`` the student's final-normed CLS token, L2-normalised — exactly what the
+            exported embedder returns.
+    """
+
+    predictions: dict[str, dict[str, torch.Tensor]] | None = None
+    embeddings: torch.FloatTensor | None = None
+
+
+class Projector(nn.Sequential):
+    """Linear → GELU → Linear, one rung of a ladder.
+
+    Args:
+        in_dim: student width.
+        hidden_dim: hidden width.
+        out_dim: teacher feature width.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
+        super().__init__(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
+
+
+class ProjectorLadder(nn.Module):
+    """One projector per selected block; the prediction is the sum of their outputs.
+
+    Args:
+        blocks: selected block indices (non-negative, increasing).
+        depth: number of student blocks (the last one gets the wide projector).
+        in_dim: student width ``d``.
+        out_dim: teacher feature width.
+        hidden_ratio: hidden width of intermediate projectors, in multiples of ``d``.
+        last_hidden_ratio: hidden width of the last block's projector, in multiples of ``d``.
+    """
+
+    def __init__(
+        self,
+        blocks: list[int],
+        depth: int,
+        in_dim: int,
+        out_dim: int,
+        hidden_ratio: float,
+        last_hidden_ratio: float,
+    ) -> None:
+        super().__init__()
+        self.blocks = list(blocks)
+        self.projectors = nn.ModuleList(
+            Projector(
+                in_dim, int(in_dim * (last_hidden_ratio if block == depth - 1 else hidden_ratio)), out_dim
+            )
+            for block in self.blocks
+        )
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Sum the projections of ``features`` (one tensor per selected block, same order as ``blocks``)."""
+        output = self.projectors[0](features[0])
+        for projector, feature in zip(self.projectors[1:], features[1:]):
+            output = output + projector(feature)
+        return output
+
+
+def resize_token_grid(tokens: torch.Tensor, grid: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly resize row-major tokens ``(batch, h * w, dim)`` from ``grid`` to ``target``.
+
+    Args:
+        tokens: the tokens.
+        grid: their ``(h, w)``.
+        target: the wanted ``(h, w)``.
+    """
+    if tuple(grid) == tuple(target):
+        return tokens
+    batch, _, dim = tokens.shape
+    spatial = tokens.transpose(1, 2).reshape(batch, dim, grid[0], grid[1])
+    spatial = F.interpolate(spatial, size=tuple(target), mode="bilinear", align_corners=False)
+    return spatial.flatten(2).transpose(1, 2)
+
+
+class UnicStudentPreTrainedModel(PreTrainedModel):
+    """Base class wiring `UnicStudentConfig` into transformers' save/load machinery."""
+
+    config_class = UnicStudentConfig
+    base_model_prefix = "unic"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    @classmethod
+    def get_init_context(cls, *args, **kwargs) -> list:
+        # Build on the CPU, not the meta device: timm's constructors compute buffers a checkpoint may not hold.
+        return [
+            context
+            for context in super().get_init_context(*args, **kwargs)
+            if context != torch.device("meta")
+        ]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # The timm backbone keeps its own initialisation; projector layers get PyTorch's default one.
+        if isinstance(module, nn.Linear) and not any(module is m for m in self.backbone.modules()):
+            module.reset_parameters()
+
+
+class UnicStudentModel(UnicStudentPreTrainedModel):
+    """UNIC student: a timm ViT plus, per teacher and token type, a ladder of projectors.
+
+    Args:
+        config: a `UnicStudentConfig`; ``config.teachers`` fixes the ladders' output widths and grids.
+
+    Attributes:
+        backbone: the ViT (built by `create_backbone`, so its weights load into the exported embedder as-is).
+        ladders: ``ladders[teacher][token_type]`` is a `ProjectorLadder`.
+        grid: the student's patch grid ``(h, w)``.
+    """
+
+    def __init__(self, config: UnicStudentConfig) -> None:
+        super().__init__(config)
+        if not config.teachers:
+            raise ValueError("UnicStudentConfig.teachers is empty: a UNIC student needs at least one teacher")
+        self.backbone, self.feature_dim = create_backbone(self.embedder_config(training=True))
+        if not hasattr(self.backbone, "forward_intermediates") or not hasattr(self.backbone, "blocks"):
+            raise ValueError(f"UNIC student backbone {config.backbone!r} must be a timm ViT with blocks")
+        depth = len(self.backbone.blocks)
+        self.ladder_blocks = self._resolve_blocks(config.ladder_blocks, depth)
+        self.grid = tuple(int(v) for v in self.backbone.patch_embed.grid_size)
+        self.ladders = nn.ModuleDict(
+            {
+                name: nn.ModuleDict(
+                    {
+                        token_type: ProjectorLadder(
+                            self.ladder_blocks,
+                            depth,
+                            self.feature_dim,
+                            int(shape["global_dim" if token_type == "cls" else "token_dim"]),
+                            config.projector_hidden_ratio,
+                            config.last_projector_hidden_ratio,
+                        )
+                        for token_type in TOKEN_TYPES
+                    }
+                )
+                for name, shape in config.teachers.items()
+            }
+        )
+        self.post_init()
+
+    @staticmethod
+    def _resolve_blocks(blocks: list[int] | None, depth: int) -> list[int]:
+        if blocks is None:
+            return list(range(depth))
+        resolved = sorted({block % depth if -depth <= block < depth else block for block in blocks})
+        if any(block < 0 or block >= depth for block in resolved):
+            raise ValueError(f"ladder_blocks={blocks} out of range for a student with {depth} blocks")
+        if resolved[-1] != depth - 1:
+            # The last block's output is what the exported embedder returns; it must be distilled.
+            resolved.append(depth - 1)
+        return resolved
+
+    def embedder_config(self, training: bool = False) -> UniversalEmbedderConfig:
+        """The `UniversalEmbedderConfig` of the student's backbone (the exported artefact).
+
+        Args:
+            training: include the training-only ``drop_path_rate``.
+        """
+        config = self.config
+        kwargs = dict(config.backbone_kwargs)
+        kwargs.setdefault("img_size", config.image_size)
+        if training and config.drop_path_rate:
+            kwargs["drop_path_rate"] = config.drop_path_rate
+        return UniversalEmbedderConfig(
+            backbone=config.backbone,
+            backbone_source="timm",
+            backbone_kwargs=kwargs,
+            pooling="token",
+            feature_norm=False,
+            embed_dim=None,
+            normalize=True,
+            image_size=config.image_size,
+            resize_size=config.resize_size,
+            image_mean=list(config.image_mean),
+            image_std=list(config.image_std),
+            resample=config.resample,
+        )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_predictions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> UnicStudentOutput:
+        """Embed the images and, when asked, predict every teacher's CLS and patch targets.
+
+        Args:
+            pixel_values: ``(batch, 3, image_size, image_size)`` normalised images.
+            output_predictions: run the ladders; defaults to ``self.training`` so that evaluators calling
+                ``model(pixel_values=...)`` pay only for the embedding.
+            return_dict: accepted for API symmetry; the output is always a `UnicStudentOutput`.
+        """
+        if output_predictions is None:
+            output_predictions = self.training
+        if not output_predictions:
+            final = self.backbone.forward_features(pixel_values)
+            return UnicStudentOutput(embeddings=F.normalize(final[:, 0], dim=-1))
+        final, intermediates = self.backbone.forward_intermediates(
+            pixel_values, indices=self.ladder_blocks, return_prefix_tokens=True, norm=False, output_fmt="NLC"
+        )
+        prefix = self.backbone.num_prefix_tokens
+        # Intermediate blocks are read raw; the last one after the final norm, as the exported embedder sees it.
+        cls_features = [tokens_prefix[1][:, 0] for tokens_prefix in intermediates[:-1]] + [final[:, 0]]
+        patch_features = [tokens_prefix[0] for tokens_prefix in intermediates[:-1]] + [final[:, prefix:]]
+        predictions = {}
+        for name, ladder in self.ladders.items():
+            target_grid = tuple(self.config.teachers[name]["grid"])
+            resized = [resize_token_grid(tokens, self.grid, target_grid) for tokens in patch_features]
+            predictions[name] = {"cls": ladder["cls"](cls_features), "patch": ladder["patch"](resized)}
+        return UnicStudentOutput(predictions=predictions, embeddings=F.normalize(final[:, 0], dim=-1))
+
+    def export_embedder(self) -> UniversalEmbedderModel:
+        """A `UniversalEmbedderModel` with the student's backbone weights and no projector."""
+        embedder = UniversalEmbedderModel(self.embedder_config(training=False))
+        embedder.backbone.load_state_dict(self.backbone.state_dict(), strict=True)
+        return embedder.to(next(self.backbone.parameters()).device).eval()
+
+
+__all__ = ["Projector", "ProjectorLadder", "UnicStudentModel", "UnicStudentOutput", "resize_token_grid"]

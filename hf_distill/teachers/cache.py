@@ -1,0 +1,320 @@
+"""A feature cache: frozen-teacher outputs computed once and stored as ``datasets`` Arrow files.
+
+MLFD (SPEC §4, step 2) trains its joint teacher on cached teacher feature maps instead of images, and UNIC can
+reuse the same cache to avoid running its teachers at every step. A cache is only valid for the teacher, layer,
+preprocessing and augmentation that produced it, so those are recorded in a :class:`FeatureCacheSpec` saved beside
+the data, and :func:`load_feature_cache` refuses a cache whose spec differs from the one asked for.
+
+Layout of a cache directory::
+
+    <cache_dir>/
+        data/                 Dataset.save_to_disk: columns source_index, view, <one column per feature>
+        feature_cache.json    the spec, its fingerprint and the build metadata (written last)
+
+A build writes into a temporary sibling directory and renames it into place at the end, so an interrupted build
+never leaves a directory that :func:`load_feature_cache` accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+SPEC_FILE = "feature_cache.json"
+DATA_DIR = "data"
+_RESERVED_COLUMNS = ("source_index", "view")
+
+
+@dataclasses.dataclass
+class FeatureCacheSpec:
+    """What produced a feature cache; two caches are interchangeable only when their specs are equal.
+
+    Args:
+        teacher: identifier of the teacher (Hub id, local path or a registry name); a list when one cache holds
+            the outputs of several teachers run on the same views.
+        layer: where the features were taken (e.g. ``"stages.3"``, ``"cls+patch"``, ``"pre_logits"``).
+        preprocessing: the deterministic part of the input pipeline (image size, mean, std, interpolation …).
+        views: number of views stored per source image (1 = the un-augmented image, as in the MLFD paper).
+        augmentation: description of the random augmentation used for the views; ``None`` for none.
+        extra: anything else that changes the stored values (dataset name and split, dtype, teacher revision).
+    """
+
+    teacher: str | list[str]
+    layer: str
+    preprocessing: dict[str, Any] = dataclasses.field(default_factory=dict)
+    views: int = 1
+    augmentation: str | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.teacher, tuple):
+            self.teacher = list(self.teacher)
+        if not isinstance(self.views, int) or self.views < 1:
+            raise ValueError(f"FeatureCacheSpec.views must be a positive integer, got {self.views!r}")
+        # Canonicalise now so that a spec that cannot be written as JSON fails at construction, not mid-build.
+        self.to_json()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain JSON-compatible values (tuples become lists)."""
+        return json.loads(self.to_json())
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, no whitespace, so equal specs give equal strings."""
+        try:
+            return json.dumps(
+                dataclasses.asdict(self), sort_keys=True, separators=(",", ":"), allow_nan=False
+            )
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"FeatureCacheSpec must hold only JSON values: {error}") from error
+
+    def fingerprint(self) -> str:
+        """A stable hex digest of the canonical JSON (identical across processes and Python versions)."""
+        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FeatureCacheSpec:
+        """Rebuild a spec from :meth:`to_dict` output.
+
+        Args:
+            values: the dictionary; unknown keys raise a ``ValueError`` naming them.
+        """
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown FeatureCacheSpec fields {unknown}; expected a subset of {sorted(known)}"
+            )
+        return cls(**values)
+
+    def differences(self, other: FeatureCacheSpec) -> list[str]:
+        """Names of the fields whose canonical values differ between ``self`` and ``other``."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [name for name in mine if mine[name] != theirs[name]]
+
+
+def view_seed(seed: int, source_index: int, view: int) -> int:
+    """The RNG seed of one view: depends only on the build seed, the image index and the view number, so a
+    view is reproducible whatever the batch size or the order of the build."""
+    return int(np.random.SeedSequence([seed, source_index, view]).generate_state(1)[0])
+
+
+def transform_view(transform: Callable[[Any], torch.Tensor], image: Any, seed: int) -> torch.Tensor:
+    """Apply ``transform`` with every global RNG it might use (torch, random, numpy) seeded, then restore them,
+    so the caller's random state is untouched."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            return transform(image)
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def _feature_type(array: np.ndarray) -> datasets.features.FeatureType:
+    """The Arrow feature type for one example's feature of the shape and dtype of ``array``."""
+    dtype = str(array.dtype)
+    if array.ndim == 0:
+        return datasets.Value(dtype)
+    if array.ndim == 1:
+        return datasets.List(datasets.Value(dtype), length=array.shape[0])
+    array_types = {2: datasets.Array2D, 3: datasets.Array3D, 4: datasets.Array4D, 5: datasets.Array5D}
+    if array.ndim not in array_types:
+        raise ValueError(f"feature arrays may have at most 5 dimensions per example, got shape {array.shape}")
+    return array_types[array.ndim](shape=tuple(array.shape), dtype=dtype)
+
+
+def _to_numpy(
+    features: dict[str, torch.Tensor], expected_rows: int, dtype: np.dtype
+) -> dict[str, np.ndarray]:
+    if not isinstance(features, dict) or not features:
+        raise TypeError("extract_fn must return a non-empty dict[str, Tensor]")
+    arrays = {}
+    for name, value in features.items():
+        if name in _RESERVED_COLUMNS:
+            raise ValueError(f"extract_fn returned the reserved column name {name!r}; rename that feature")
+        if not isinstance(value, torch.Tensor) or value.shape[0] != expected_rows:
+            shape = getattr(value, "shape", None)
+            raise ValueError(
+                f"extract_fn output {name!r} must be a Tensor with {expected_rows} rows (one per view), got {shape}"
+            )
+        arrays[name] = value.detach().float().cpu().numpy().astype(dtype, copy=False)
+    return arrays
+
+
+def build_feature_cache(
+    dataset: datasets.Dataset,
+    extract_fn: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    transform: Callable[[Any], torch.Tensor],
+    spec: FeatureCacheSpec,
+    cache_dir: str | os.PathLike,
+    batch_size: int = 64,
+    seed: int = 0,
+    image_column: str = "image",
+    dtype: str = "float32",
+) -> datasets.Dataset:
+    """Run ``extract_fn`` over ``spec.views`` views of every image of ``dataset`` and store the outputs on disk.
+
+    Rows are ordered image by image, views within an image: row ``i * views + v`` is view ``v`` of image ``i``.
+    View ``v`` of image ``i`` is produced with the global RNGs seeded by :func:`view_seed` ``(seed, i, v)``, so
+    rebuilding with the same seed gives the same views.
+
+    Args:
+        dataset: source images (a column ``image_column`` of PIL images or anything ``transform`` accepts).
+        extract_fn: maps a batch of pixel tensors ``(N, C, H, W)`` to named feature tensors with ``N`` rows; it
+            runs under ``torch.inference_mode``.
+        transform: one image → pixel tensor ``(C, H, W)``; random if ``spec.views > 1`` (augmented views).
+        spec: what produced the features; saved beside them and checked by :func:`load_feature_cache`.
+        cache_dir: destination directory; must not exist yet (delete it to rebuild).
+        batch_size: source images per ``extract_fn`` call (times ``spec.views`` rows).
+        seed: seed of the view augmentations.
+        image_column: the column holding the images.
+        dtype: storage dtype of the features (``"float32"`` or ``"float16"``).
+
+    Returns:
+        The cache as a ``datasets.Dataset`` backed by the Arrow files under ``cache_dir``, with torch formatting.
+    """
+    cache_dir = Path(cache_dir)
+    if cache_dir.exists():
+        raise FileExistsError(
+            f"feature cache directory {cache_dir} already exists; load it or delete it first"
+        )
+    if image_column not in dataset.column_names:
+        raise ValueError(
+            f"dataset has no column {image_column!r} (columns: {dataset.column_names}); pass image_column="
+        )
+    if len(dataset) == 0:
+        raise ValueError("cannot build a feature cache from an empty dataset")
+    np_dtype = np.dtype(dtype)
+    views = spec.views
+
+    def extract(examples: dict[str, list], indices: list[int]) -> dict[str, Any]:
+        pixels = [
+            transform_view(transform, image, view_seed(seed, index, view))
+            for image, index in zip(examples[image_column], indices)
+            for view in range(views)
+        ]
+        with torch.inference_mode():
+            features = extract_fn(torch.stack(pixels))
+        arrays = _to_numpy(features, len(pixels), np_dtype)
+        columns: dict[str, Any] = {
+            "source_index": [index for index in indices for _ in range(views)],
+            "view": [view for _ in indices for view in range(views)],
+        }
+        columns.update({name: list(array) for name, array in arrays.items()})
+        return columns
+
+    # One probe example fixes the Arrow schema (fixed-shape arrays are far smaller and faster than nested lists).
+    probe = extract(dataset.select([0])[:], [0])
+    features = datasets.Features(
+        {"source_index": datasets.Value("int64"), "view": datasets.Value("int32")}
+        | {
+            name: _feature_type(np.asarray(values[0]))
+            for name, values in probe.items()
+            if name not in _RESERVED_COLUMNS
+        }
+    )
+
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = cache_dir.parent / f".{cache_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp_dir.mkdir()
+    try:
+        mapped = dataset.map(
+            extract,
+            with_indices=True,
+            batched=True,
+            batch_size=batch_size,
+            remove_columns=dataset.column_names,
+            features=features,
+            cache_file_name=str(tmp_dir / "build.arrow"),
+            # The spec and seed determine the output; hashing extract_fn (often a torch model) is slow and unstable.
+            new_fingerprint=f"{spec.fingerprint()}-{seed}-{len(dataset)}-{dataset._fingerprint}",
+            desc=f"Caching features of {spec.teacher}",
+        )
+        mapped.save_to_disk(str(tmp_dir / DATA_DIR))
+        del mapped
+        (tmp_dir / "build.arrow").unlink()
+        metadata = {
+            "spec": spec.to_dict(),
+            "fingerprint": spec.fingerprint(),
+            "seed": seed,
+            "num_source_rows": len(dataset),
+            "num_rows": len(dataset) * views,
+            "feature_columns": [name for name in features if name not in _RESERVED_COLUMNS],
+            "dtype": dtype,
+        }
+        # The spec file is what marks a cache as complete, so it is written last, then the directory renamed.
+        (tmp_dir / SPEC_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp_dir, cache_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    logger.info(
+        "Cached %d views of %d images (%s) in %s", len(dataset) * views, len(dataset), spec.teacher, cache_dir
+    )
+    return load_feature_cache(cache_dir, spec)
+
+
+def read_cache_metadata(cache_dir: str | os.PathLike) -> dict[str, Any]:
+    """The metadata saved with a complete cache (spec, fingerprint, seed, row counts, columns).
+
+    Args:
+        cache_dir: the cache directory.
+    """
+    spec_path = Path(cache_dir) / SPEC_FILE
+    if not spec_path.is_file():
+        raise FileNotFoundError(
+            f"{cache_dir} is not a complete feature cache (no {SPEC_FILE}); it may be an interrupted build — "
+            "delete it and build again"
+        )
+    try:
+        return json.loads(spec_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{spec_path} is not valid JSON: {error}") from error
+
+
+def load_feature_cache(cache_dir: str | os.PathLike, spec: FeatureCacheSpec) -> datasets.Dataset:
+    """Open a cache built by :func:`build_feature_cache`, refusing it if it was built with a different spec.
+
+    Args:
+        cache_dir: the cache directory.
+        spec: the spec the caller expects; every field must match the saved one.
+
+    Returns:
+        The cache dataset with torch formatting (columns ``source_index``, ``view`` and the features).
+    """
+    metadata = read_cache_metadata(cache_dir)
+    saved = FeatureCacheSpec.from_dict(metadata["spec"])
+    differing = saved.differences(spec)
+    if differing:
+        details = "; ".join(
+            f"{name}: cached {saved.to_dict()[name]!r} != requested {spec.to_dict()[name]!r}"
+            for name in differing
+        )
+        raise ValueError(
+            f"feature cache {cache_dir} was built with a different spec (fields {differing} differ: {details}); "
+            "rebuild it into another directory or request the spec it was built with"
+        )
+    dataset = datasets.load_from_disk(str(Path(cache_dir) / DATA_DIR))
+    if len(dataset) != metadata["num_rows"]:
+        raise ValueError(
+            f"feature cache {cache_dir} holds {len(dataset)} rows, its metadata says {metadata['num_rows']}"
+        )
+    return dataset.with_format("torch")

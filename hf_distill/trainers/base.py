@@ -1,0 +1,392 @@
+"""``DistillationTrainer``: the ``Trainer`` every hf_distill method subclasses.
+
+A method only writes ``compute_losses(model, inputs) -> dict[str, Tensor]``. The base class turns that into a
+training loss, logs every named component averaged over the logging window and across processes, refuses
+non-finite losses with an error naming the step and domain, runs an optional retrieval evaluator inside
+``evaluate()``, stores extra training state (samplers, running statistics) in every checkpoint, can train
+from a custom rank-aware batch sampler, and writes a run summary at the end of training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import torch
+from accelerate.utils import broadcast_object_list, gather_object
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+logger = logging.getLogger(__name__)
+
+EXTRA_STATE_NAME = "hf_distill_state.pt"
+RUN_SUMMARY_NAME = "run_summary.json"
+
+
+class Stateful(Protocol):
+    """Anything with ``state_dict()`` / ``load_state_dict()`` (samplers, running statistics)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a training loss is NaN or infinite."""
+
+
+class _EpochForwarder(TrainerCallback):
+    """Tells a custom batch sampler which epoch starts.
+
+    accelerate only forwards ``set_epoch`` through some of its wrappers (not through the one it adds when a
+    resumed run skips batches in a multi-process run), so the epoch is set from the trainer state instead.
+    """
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # ``state.epoch`` is ``e + k / steps_in_epoch``: a whole number at an epoch start, fractional on resume.
+        self.sampler.set_epoch(int(math.floor((state.epoch or 0.0) + 1e-6)))
+
+
+class DistillationTrainer(Trainer):
+    """Base trainer for multi-teacher distillation methods.
+
+    Subclasses implement :meth:`compute_losses`. Everything else is the regular ``Trainer``.
+
+    Args:
+        *args: passed to ``transformers.Trainer``.
+        evaluator: optional callable ``evaluator(model, output_path=None, epoch=-1, steps=-1) -> dict`` (e.g.
+            ``hf_distill.evaluation.RetrievalEvaluator``) run by :meth:`evaluate`; its metrics are returned with
+            the ``eval_`` prefix, so ``metric_for_best_model="merged/mean/R@1"`` selects checkpoints by it.
+        domain_names: names of the domains in ``domain_ids`` order, used in error messages and logs.
+        **kwargs: passed to ``transformers.Trainer``.
+    """
+
+    # ``compute_losses`` returns a per-batch mean; the Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        *args: Any,
+        evaluator: Callable[..., dict[str, float]] | None = None,
+        domain_names: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # Set before Trainer.__init__, whose argument checks ask whether anything can be evaluated.
+        self.evaluator = evaluator
+        super().__init__(*args, **kwargs)
+        self.domain_names = list(domain_names) if domain_names is not None else None
+        self._checkpoint_states: dict[str, Stateful] = {}
+        self._component_sums: dict[str, float] = {}
+        self._component_counts: dict[str, int] = {}
+        self._last_eval_metrics: dict[str, float] = {}
+        self._run_summary: dict[str, Any] = {}
+        self._timings: dict[str, float] = {"evaluation_s": 0.0}
+        self._train_batch_sampler: Any = None
+
+    def _validate_args(self) -> None:
+        if self.evaluator is not None and self.eval_dataset is None:
+            # An evaluator replaces the eval dataset: hide the Trainer's "eval_strategy needs an eval_dataset".
+            self.eval_dataset, placeholder = [], True
+        else:
+            placeholder = False
+        try:
+            super()._validate_args()
+        finally:
+            if placeholder:
+                self.eval_dataset = None
+
+    # ----------------------------------------------------------------------------------------- losses
+
+    def compute_losses(self, model: nn.Module, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Return the batch's losses: ``"loss"`` (the one back-propagated) and any named components.
+
+        Args:
+            model: the (possibly wrapped) model.
+            inputs: the collated batch, already on the device.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement compute_losses(model, inputs)")
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Call :meth:`compute_losses`, check the loss is finite and record its components for logging."""
+        losses = self.compute_losses(model, inputs)
+        if "loss" not in losses:
+            raise KeyError(
+                f"{type(self).__name__}.compute_losses must return a 'loss' key, got {sorted(losses)}"
+            )
+        loss = losses["loss"]
+        if not torch.isfinite(loss.detach()).all():
+            raise NonFiniteLossError(self._non_finite_message(losses, inputs))
+        if model.training:
+            for name, value in losses.items():
+                if name == "loss":
+                    continue
+                value = value.detach().float()
+                # Components may be 0-d tensors or Python numbers (e.g. sampling probabilities).
+                self._component_sums[name] = self._component_sums.get(name, 0.0) + float(value)
+                self._component_counts[name] = self._component_counts.get(name, 0) + 1
+        return (loss, losses) if return_outputs else loss
+
+    def _non_finite_message(self, losses: Mapping[str, torch.Tensor], inputs: Mapping[str, Any]) -> str:
+        domain = self.batch_domain(inputs)
+        where = f"step {self.state.global_step}" + (f", domain '{domain}'" if domain is not None else "")
+        values = {k: float(v.detach().float().mean()) for k, v in losses.items()}
+        return (
+            f"non-finite training loss at {where}: {values}. Lower the learning rate, check the inputs of that "
+            "domain for corrupt images or labels, or enable gradient clipping (max_grad_norm)."
+        )
+
+    def batch_domain(self, inputs: Mapping[str, Any]) -> str | None:
+        """Name of the domain of a single-domain batch, or None when the batch carries no ``domain_ids``.
+
+        Args:
+            inputs: the collated batch.
+        """
+        domain_ids = inputs.get("domain_ids")
+        if domain_ids is None or len(domain_ids) == 0:
+            return None
+        domain_id = int(domain_ids[0])
+        if self.domain_names is not None and 0 <= domain_id < len(self.domain_names):
+            return self.domain_names[domain_id]
+        return str(domain_id)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the window-averaged loss components (reduced over processes) to training logs."""
+        if "loss" in logs and not any(key.startswith("eval_") for key in logs):
+            logs.update(self._reduce_components())
+        super().log(logs, start_time)
+
+    def _reduce_components(self) -> dict[str, float]:
+        sums, counts = self._component_sums, self._component_counts
+        self._component_sums, self._component_counts = {}, {}
+        if self.accelerator.num_processes > 1:
+            # Objects rather than tensors: ranks may not have seen the same component names in the window.
+            gathered = gather_object([(sums, counts)])
+            sums, counts = {}, {}
+            for rank_sums, rank_counts in gathered:
+                for name, value in rank_sums.items():
+                    sums[name] = sums.get(name, 0.0) + value
+                    counts[name] = counts.get(name, 0) + rank_counts[name]
+        return {name: sums[name] / counts[name] for name in sorted(sums)}
+
+    # ------------------------------------------------------------------------------------- evaluation
+
+    def evaluate(
+        self,
+        eval_dataset: Any = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> dict[str, float]:
+        """Run the regular evaluation (when an eval dataset is set) and the evaluator (when given).
+
+        Args:
+            eval_dataset: passed to ``Trainer.evaluate``.
+            ignore_keys: passed to ``Trainer.evaluate``.
+            metric_key_prefix: prefix of the returned metric names.
+        """
+        metrics: dict[str, float] = {}
+        if eval_dataset is not None or self.eval_dataset is not None:
+            metrics.update(super().evaluate(eval_dataset, ignore_keys, metric_key_prefix))
+        if self.evaluator is None:
+            if not metrics:
+                raise ValueError("evaluate() needs an eval_dataset or an evaluator; neither was given")
+            return metrics
+        start = time.perf_counter()
+        evaluator_metrics = self._run_evaluator()
+        elapsed = time.perf_counter() - start
+        self._timings["evaluation_s"] += elapsed
+        prefixed = {f"{metric_key_prefix}_{name}": float(value) for name, value in evaluator_metrics.items()}
+        prefixed[f"{metric_key_prefix}_runtime"] = round(elapsed, 4)
+        if self.state.epoch is not None:
+            prefixed["epoch"] = self.state.epoch
+        self.log(dict(prefixed))
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, prefixed)
+        metrics.update(prefixed)
+        self._last_eval_metrics = dict(metrics)
+        return metrics
+
+    def _run_evaluator(self) -> dict[str, float]:
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        # The evaluator runs on the main process only; the others wait for its metrics.
+        result: list[Any] = [None]
+        if self.accelerator.is_main_process:
+            output_path = os.path.join(self.args.output_dir, "eval") if self.args.output_dir else None
+            with torch.no_grad():
+                result[0] = self.evaluator(
+                    model,
+                    output_path=output_path,
+                    epoch=-1 if self.state.epoch is None else self.state.epoch,
+                    steps=self.state.global_step,
+                )
+        if self.accelerator.num_processes > 1:
+            result = broadcast_object_list(result, from_process=0)
+        model.train(was_training)
+        return dict(result[0])
+
+    # -------------------------------------------------------------------- sampler and extra state
+
+    def register_checkpoint_state(self, name: str, obj: Stateful) -> None:
+        """Save ``obj.state_dict()`` in every checkpoint and restore it when resuming.
+
+        Args:
+            name: key of the object in the checkpoint's ``hf_distill_state.pt``.
+            obj: an object with ``state_dict()`` and ``load_state_dict(state)``.
+        """
+        if not (
+            callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
+        ):
+            raise TypeError(f"checkpoint state '{name}' needs state_dict() and load_state_dict() methods")
+        self._checkpoint_states[name] = obj
+
+    def get_train_batch_sampler(self) -> Any:
+        """Return a rank-aware batch sampler for the training set, or None for the Trainer's default.
+
+        A returned sampler must yield, on every process, that process's share of the global batch; it is not
+        sharded again. If it has ``set_epoch`` it is told each epoch, and ``state_dict()`` /
+        ``load_state_dict()`` make it part of every checkpoint.
+        """
+        return None
+
+    def get_train_dataloader(self) -> DataLoader:
+        """Build the training loader from :meth:`get_train_batch_sampler` when it returns a sampler."""
+        if self._train_batch_sampler is None:
+            self._train_batch_sampler = self.get_train_batch_sampler()
+            sampler = self._train_batch_sampler
+            if sampler is not None:
+                if hasattr(sampler, "state_dict"):
+                    self.register_checkpoint_state("train_batch_sampler", sampler)
+                if hasattr(sampler, "set_epoch"):
+                    self.add_callback(_EpochForwarder(sampler))
+                if self._resumed_state is not None and "train_batch_sampler" in self._resumed_state:
+                    sampler.load_state_dict(self._resumed_state["train_batch_sampler"])
+        sampler = self._train_batch_sampler
+        if sampler is None:
+            return super().get_train_dataloader()
+        if self.train_dataset is None:
+            raise ValueError("Trainer: training requires a train_dataset.")
+        dataloader = DataLoader(
+            self.train_dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers
+            and self.args.dataloader_num_workers > 0,
+        )
+        prepared = self.accelerator.prepare(dataloader)
+        # The sampler already yields this rank's share: make accelerate's sharding wrapper a passthrough.
+        wrapper = getattr(prepared, "batch_sampler", None)
+        if wrapper is not None and getattr(wrapper, "batch_sampler", None) is sampler:
+            wrapper.num_processes = 1
+            wrapper.process_index = 0
+        return prepared
+
+    @property
+    def _resumed_state(self) -> dict[str, Any] | None:
+        return getattr(self, "_loaded_extra_state", None)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        if self._checkpoint_states and self.args.should_save:
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            os.makedirs(folder, exist_ok=True)
+            state = {name: obj.state_dict() for name, obj in self._checkpoint_states.items()}
+            torch.save(state, os.path.join(folder, EXTRA_STATE_NAME))
+        super()._save_checkpoint(model, trial)
+
+    def load_extra_state(self, checkpoint: str) -> None:
+        """Restore the registered objects from ``checkpoint/hf_distill_state.pt``.
+
+        Objects registered later (the train sampler is created with the data loader) are restored when they
+        are registered.
+
+        Args:
+            checkpoint: a checkpoint directory written by this trainer.
+        """
+        path = os.path.join(checkpoint, EXTRA_STATE_NAME)
+        if not os.path.isfile(path):
+            if self._checkpoint_states:
+                raise FileNotFoundError(
+                    f"{path} is missing: the checkpoint was not written by {type(self).__name__}, so the state of "
+                    f"{sorted(self._checkpoint_states)} cannot be restored"
+                )
+            return
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self._loaded_extra_state = state
+        for name, obj in self._checkpoint_states.items():
+            if name not in state:
+                raise KeyError(f"{path} has no state for '{name}' (it holds {sorted(state)})")
+            obj.load_state_dict(state[name])
+
+    # --------------------------------------------------------------------------------- train / summary
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
+        """``Trainer.train`` that also restores the registered extra state and writes ``run_summary.json``.
+
+        Args:
+            resume_from_checkpoint: a checkpoint directory, or True for the last one in ``output_dir``.
+            **kwargs: passed to ``Trainer.train``.
+        """
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"no checkpoint found in output_dir '{self.args.output_dir}' to resume from")
+        if resume_from_checkpoint:
+            self.load_extra_state(resume_from_checkpoint)
+        start = time.perf_counter()
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+        self._timings["train_s"] = time.perf_counter() - start
+        self._run_summary["resumed_from"] = resume_from_checkpoint or None
+        self._run_summary["train_metrics"] = dict(output.metrics)
+        self.write_run_summary()
+        return output
+
+    def add_to_run_summary(self, key: str, value: Any) -> None:
+        """Record a JSON-serialisable value (e.g. decode skips per domain) in ``run_summary.json``.
+
+        Args:
+            key: entry name.
+            value: the value.
+        """
+        self._run_summary[key] = value
+
+    def write_run_summary(self, path: str | None = None) -> str | None:
+        """Write final metrics, best checkpoint, timings and recorded extras as JSON (main process only).
+
+        Args:
+            path: target file; defaults to ``<output_dir>/run_summary.json``.
+        """
+        if not self.args.should_save:
+            return None
+        path = path or os.path.join(self.args.output_dir, RUN_SUMMARY_NAME)
+        summary = {
+            "global_step": self.state.global_step,
+            "epoch": self.state.epoch,
+            "best_metric": self.state.best_metric,
+            "best_model_checkpoint": self.state.best_model_checkpoint,
+            "eval_metrics": self._last_eval_metrics,
+            "timings_s": {k: round(v, 3) for k, v in self._timings.items()},
+            **self._run_summary,
+        }
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as handle:
+            json.dump(summary, handle, indent=2, default=str)
+        return path

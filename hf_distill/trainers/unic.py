@@ -1,0 +1,330 @@
+"""``UnicTrainer``: multi-teacher feature distillation into a ViT student (UNIC, SPEC §3).
+
+Each step the student predicts every teacher's CLS and patch tokens through its projector ladders; the targets
+are standardised with running statistics (`FeatureStandardizer`), compared with the cosine + smooth-L1 loss
+and weighed per image by teacher dropping. Targets come either from the frozen teachers run on the same
+augmented view as the student (online, the default: any augmentation) or from a feature cache built once
+with ``datasets.map`` for a fixed number of augmented views per image (`build_unic_feature_cache`), so that
+distillation epochs run only the student.
+
+Training batches hold ``images``: ``(batch, 3, H, W)`` floats in ``[0, 1]`` at the student's resolution. The
+trainer normalises them for the student, and each teacher resizes and normalises them its own way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasets
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from transformers import TrainingArguments
+
+from hf_distill.losses.standardization import FeatureStandardizer
+from hf_distill.losses.unic import UnicDistillationLoss
+from hf_distill.models.unic import TOKEN_TYPES, UnicStudentModel
+from hf_distill.teachers.cache import (
+    FeatureCacheSpec,
+    build_feature_cache,
+    load_feature_cache,
+    read_cache_metadata,
+    transform_view,
+    view_seed,
+)
+from hf_distill.teachers.loader import FrozenTeacher
+from hf_distill.trainers.base import DistillationTrainer
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CachedViewDataset",
+    "OnlineImageDataset",
+    "UnicTrainer",
+    "UnicTrainingArguments",
+    "build_unic_feature_cache",
+    "target_column",
+    "teacher_shapes",
+    "teacher_targets",
+    "unic_cache_spec",
+]
+
+
+def target_column(teacher: str, token_type: str) -> str:
+    """Name of a teacher's cached target column (``"<teacher>__cls"`` / ``"<teacher>__patch"``)."""
+    return f"{teacher}__{token_type}"
+
+
+@torch.no_grad()
+def teacher_targets(teachers: nn.ModuleDict, images: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+    """Run every teacher on the same ``[0, 1]`` images.
+
+    Args:
+        teachers: name → `FrozenTeacher`.
+        images: ``(batch, 3, H, W)`` in ``[0, 1]``.
+
+    Returns:
+        name → ``{"cls": (batch, D), "patch": (batch, h * w, D)}``.
+    """
+    targets = {}
+    for name, teacher in teachers.items():
+        output = teacher(teacher.prepare(images))
+        targets[name] = {"cls": output.global_features, "patch": output.tokens}
+    return targets
+
+
+@dataclass
+class UnicTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus UNIC's loss settings.
+
+    Args:
+        drop_prob: teacher-dropping probability ``p`` (released code 0.5; paper's large models 0.25).
+        token_reduction: a teacher's per-image loss is the ``"mean"`` (released code) or ``"sum"`` (paper) of its
+            CLS and patch losses.
+        smooth_l1_beta: smooth-L1 threshold.
+        standardize_targets: standardise teacher targets with running statistics.
+        momentum_start / momentum_end: cosine schedule of the statistics' momentum.
+    """
+
+    drop_prob: float = field(
+        default=0.5, metadata={"help": "teacher-dropping probability of non-max teachers"}
+    )
+    token_reduction: str = field(default="mean", metadata={"help": "'mean' (released code) or 'sum' (paper)"})
+    smooth_l1_beta: float = field(default=1.0, metadata={"help": "smooth-L1 beta"})
+    standardize_targets: bool = field(default=True, metadata={"help": "standardise teacher targets"})
+    momentum_start: float = field(default=1.0, metadata={"help": "standardisation momentum at step 0"})
+    momentum_end: float = field(default=0.001, metadata={"help": "standardisation momentum at the last step"})
+    # Batches carry ``images`` and target columns the model's forward does not name.
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "keep batch columns (needed by UNIC)"}
+    )
+
+
+class UnicTrainer(DistillationTrainer):
+    """Trainer of a `UnicStudentModel`.
+
+    Args:
+        *args: passed to `DistillationTrainer` (``model`` must be a `UnicStudentModel`).
+        teachers: name → `FrozenTeacher` for online targets; ``None`` when every batch carries cached targets.
+        **kwargs: passed to `DistillationTrainer` (``evaluator``, ``train_dataset`` …).
+    """
+
+    def __init__(self, *args: Any, teachers: nn.ModuleDict | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        model = self.accelerator.unwrap_model(self.model)
+        if not isinstance(model, UnicStudentModel):
+            raise TypeError(f"UnicTrainer trains a UnicStudentModel, got {type(model).__name__}")
+        if not isinstance(self.args, UnicTrainingArguments):
+            raise TypeError(f"UnicTrainer needs UnicTrainingArguments, got {type(self.args).__name__}")
+        self.teacher_names = list(model.config.teachers)
+        if teachers is not None:
+            missing = sorted(set(self.teacher_names) - set(teachers))
+            if missing:
+                raise ValueError(
+                    f"the student predicts teachers {missing} that were not given to the trainer"
+                )
+            for name in self.teacher_names:
+                expected = tuple(model.config.teachers[name]["grid"])
+                if tuple(teachers[name].grid) != expected:
+                    raise ValueError(
+                        f"teacher {name!r} gives a {teachers[name].grid} token grid, the student was built for {expected}"
+                    )
+            teachers = teachers.to(self.args.device)
+        self.teachers = teachers
+        self.loss_fn = UnicDistillationLoss(
+            self.teacher_names, self.args.drop_prob, self.args.token_reduction, self.args.smooth_l1_beta
+        )
+        self.standardizer = FeatureStandardizer(1, self.args.momentum_start, self.args.momentum_end)
+        self.register_checkpoint_state("feature_standardizer", self.standardizer)
+        mean = torch.tensor(model.config.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(model.config.image_std).view(1, 3, 1, 1)
+        self._student_norm = (mean.to(self.args.device), std.to(self.args.device))
+        self._draws = (-1, 0)
+
+    def _dropping_generator(self, device: torch.device) -> torch.Generator:
+        # Teacher dropping draws from its own generator seeded by (seed, step, rank, micro-batch), so a resumed
+        # run draws exactly what the uninterrupted one did.
+        step, micro = self._draws
+        micro = micro + 1 if step == self.state.global_step else 0
+        self._draws = (self.state.global_step, micro)
+        seed = hash((self.args.seed, self.state.global_step, self.args.process_index, micro)) % (2**63)
+        return torch.Generator(device=device).manual_seed(seed)
+
+    def targets_from_inputs(self, inputs: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+        """Cached targets carried by the batch, or the online teachers' outputs on ``inputs["images"]``."""
+        columns = [
+            target_column(name, token_type) for name in self.teacher_names for token_type in TOKEN_TYPES
+        ]
+        if all(column in inputs for column in columns):
+            return {
+                name: {
+                    token_type: inputs[target_column(name, token_type)].float() for token_type in TOKEN_TYPES
+                }
+                for name in self.teacher_names
+            }
+        if self.teachers is None:
+            missing = [column for column in columns if column not in inputs]
+            raise KeyError(
+                f"the batch lacks cached target columns {missing} and the trainer has no online teachers"
+            )
+        return teacher_targets(self.teachers, inputs["images"])
+
+    def compute_losses(self, model: nn.Module, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """UNIC loss of one batch (see the module docstring)."""
+        images = inputs["images"]
+        mean, std = self._student_norm
+        output = model(pixel_values=(images - mean) / std, output_predictions=True)
+        targets = self.targets_from_inputs(inputs)
+        if self.args.standardize_targets:
+            self.standardizer.total_steps = max(int(self.state.max_steps or 1), 1)
+            step = self.state.global_step
+            targets = {
+                name: {
+                    token_type: self.standardizer(f"{name}/{token_type}", value, step, update=model.training)
+                    for token_type, value in per_type.items()
+                }
+                for name, per_type in targets.items()
+            }
+        generator = self._dropping_generator(images.device)
+        return self.loss_fn(output.predictions, targets, generator=generator)
+
+
+class OnlineImageDataset(Dataset):
+    """Images of a ``datasets.Dataset`` turned into ``{"images": [0, 1] tensor}`` by a (random) transform.
+
+    Args:
+        dataset: rows with an ``image`` column.
+        transform: PIL image → ``(3, H, W)`` floats in ``[0, 1]`` (e.g. ``ImageTransform`` with mean 0 and
+            std 1); random for training.
+    """
+
+    def __init__(self, dataset: datasets.Dataset, transform: Callable[[Any], torch.Tensor]) -> None:
+        self.images = dataset.select_columns(["image"])
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"images": self.transform(self.images[int(index)]["image"])}
+
+
+class CachedViewDataset(Dataset):
+    """Rows of a UNIC feature cache joined with the exact augmented view their targets were computed on.
+
+    View ``v`` of image ``i`` is regenerated by re-running the cache's transform with the cache's per-view seed,
+    so the student sees the same pixels the teachers saw when the cache was built.
+
+    Args:
+        cache: the dataset returned by `build_unic_feature_cache` / ``load_feature_cache``.
+        dataset: the source images the cache was built from (same order).
+        transform: the transform the cache was built with.
+        seed: the cache's build seed.
+    """
+
+    def __init__(
+        self,
+        cache: datasets.Dataset,
+        dataset: datasets.Dataset,
+        transform: Callable[[Any], torch.Tensor],
+        seed: int,
+    ) -> None:
+        self.cache = cache.with_format("torch")
+        self.images = dataset.select_columns(["image"])
+        self.transform = transform
+        self.seed = seed
+        self.target_columns = [name for name in cache.column_names if name not in ("source_index", "view")]
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        row = self.cache[int(index)]
+        source, view = int(row["source_index"]), int(row["view"])
+        image = self.images[source]["image"]
+        item = {"images": transform_view(self.transform, image, view_seed(self.seed, source, view))}
+        item.update({name: row[name] for name in self.target_columns})
+        return item
+
+
+def unic_cache_spec(
+    teachers: nn.ModuleDict,
+    transform: Callable[[Any], torch.Tensor],
+    views: int,
+    dataset_id: str,
+    dtype: str = "float16",
+) -> FeatureCacheSpec:
+    """The `FeatureCacheSpec` of a UNIC cache: teachers, their preprocessing, the view transform and data.
+
+    Args:
+        teachers: name → `FrozenTeacher`.
+        transform: the view transform (its ``repr`` records the augmentation).
+        views: augmented views per image.
+        dataset_id: identifies the source images (e.g. benchmark path, domains and the dataset fingerprint).
+        dtype: storage dtype.
+    """
+    return FeatureCacheSpec(
+        teacher=[f"{name}={teacher.description}" for name, teacher in teachers.items()],
+        layer="cls+patch",
+        preprocessing={name: teacher.preprocessing.to_dict() for name, teacher in teachers.items()},
+        views=views,
+        augmentation=repr(transform),
+        extra={"dataset": dataset_id, "dtype": dtype},
+    )
+
+
+def build_unic_feature_cache(
+    teachers: nn.ModuleDict,
+    dataset: datasets.Dataset,
+    transform: Callable[[Any], torch.Tensor],
+    cache_dir: str | os.PathLike,
+    views: int = 1,
+    seed: int = 0,
+    batch_size: int = 128,
+    dataset_id: str | None = None,
+    dtype: str = "float16",
+) -> datasets.Dataset:
+    """Load the UNIC feature cache in ``cache_dir``, building it first when it does not exist.
+
+    Args:
+        teachers: name → `FrozenTeacher`.
+        dataset: source images (column ``image``).
+        transform: PIL → ``[0, 1]`` tensor at the student's resolution, random when ``views > 1``.
+        cache_dir: cache directory (a mismatching existing cache raises an error naming the differing fields).
+        views: augmented views per image.
+        seed: seed of the views.
+        batch_size: images per teacher forward pass.
+        dataset_id: identifies the source images in the spec (default: the dataset's fingerprint).
+        dtype: storage dtype of the targets (``"float16"`` halves the disk use).
+    """
+    spec = unic_cache_spec(teachers, transform, views, dataset_id or dataset._fingerprint, dtype)
+    if os.path.isdir(cache_dir):
+        metadata = read_cache_metadata(cache_dir)
+        if metadata.get("seed") != seed:
+            raise ValueError(
+                f"feature cache {cache_dir} was built with seed {metadata.get('seed')}, not {seed}"
+            )
+        return load_feature_cache(cache_dir, spec)
+    device = next(teachers.parameters()).device
+
+    def extract(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        targets = teacher_targets(teachers, images.to(device))
+        return {
+            target_column(name, t): value
+            for name, per_type in targets.items()
+            for t, value in per_type.items()
+        }
+
+    return build_feature_cache(dataset, extract, transform, spec, cache_dir, batch_size, seed, dtype=dtype)
+
+
+def teacher_shapes(teachers: dict[str, FrozenTeacher]) -> dict[str, dict[str, Any]]:
+    """The ``UnicStudentConfig.teachers`` entry of each teacher (``global_dim``, ``token_dim``, ``grid``)."""
+    return {
+        name: {"global_dim": teacher.global_dim, "token_dim": teacher.token_dim, "grid": list(teacher.grid)}
+        for name, teacher in teachers.items()
+    }

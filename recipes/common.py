@@ -1,0 +1,80 @@
+"""Shared recipe helpers: arguments from a YAML file plus ``--key value`` overrides.
+
+Every recipe runs as ``accelerate launch recipes/<method>.py [--config file.yaml] [--key value ...]``. The YAML
+file holds the fields of the recipe's argument dataclasses (``TrainingArguments`` included) as a flat mapping;
+command-line flags override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+logger = logging.getLogger(__name__)
+
+
+def load_yaml_config(path: str) -> dict[str, Any]:
+    """Read a flat YAML mapping of argument names to values.
+
+    Args:
+        path: the YAML file.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file '{path}' does not exist")
+    with open(path) as handle:
+        config = yaml.safe_load(handle) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"config file '{path}' must hold a mapping of argument names to values")
+    return config
+
+
+def parse_recipe_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
+    """Parse ``--config`` (YAML defaults) and ``--key value`` overrides into the given dataclasses.
+
+    Args:
+        dataclass_types: the argument dataclasses, e.g. ``(ModelArguments, UdonTrainingArguments)``.
+        argv: command-line arguments; defaults to ``sys.argv[1:]``.
+
+    Returns:
+        one instance per dataclass, in order.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, remaining = pre.parse_known_args(argv)
+
+    parser = HfArgumentParser(dataclass_types)
+    if known.config is not None:
+        config = load_yaml_config(known.config)
+        destinations = {action.dest: action for action in parser._actions}
+        unknown = sorted(set(config) - set(destinations))
+        if unknown:
+            raise ValueError(
+                f"config file '{known.config}' has unknown keys {unknown}; valid keys are the fields of "
+                f"{[cls.__name__ for cls in dataclass_types]}"
+            )
+        for key in config:
+            # A value given in the file satisfies a required argument.
+            destinations[key].required = False
+        parser.set_defaults(**config)
+    return tuple(parser.parse_args_into_dataclasses(args=remaining))
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Configure root logging for a recipe (time, level, logger name).
+
+    Args:
+        level: the logging level of the main process.
+    """
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )

@@ -1,0 +1,234 @@
+"""Train a universal embedder with UDON (or one of its baselines), evaluate, export and optionally push.
+
+    accelerate launch recipes/udon.py --config recipes/configs/udon_offline.yaml [--key value ...]
+
+Any field of ``UdonRecipeArguments`` or ``UdonTrainingArguments`` can be set in the YAML file or overridden
+on the command line. Relaunching the same command after an interruption resumes from the last checkpoint in
+``output_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from datasets import concatenate_datasets
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import parse_recipe_args, setup_logging  # noqa: E402
+
+from hf_distill.data import ImageTransform, load_benchmark, with_pixel_values  # noqa: E402
+from hf_distill.evaluation import RetrievalEvaluator  # noqa: E402
+from hf_distill.hub import hyperparameters_from_training_args, push_embedder, save_embedder  # noqa: E402
+from hf_distill.models.udon import UdonConfig, UdonModel, variant_settings  # noqa: E402
+from hf_distill.trainers.arguments import UdonTrainingArguments  # noqa: E402
+from hf_distill.trainers.udon import UdonTrainer  # noqa: E402
+
+logger = logging.getLogger("recipes.udon")
+
+
+@dataclass
+class UdonRecipeArguments:
+    """What to train on and which model to build.
+
+    Args:
+        benchmark: benchmark directory (default: ``$HF_DISTILL_BENCHMARK`` or ``data/offline_benchmark``).
+        domains: train and evaluate on these domains only.
+        variant: ``udon`` (default), ``udon_no_dynamic``, ``udon_no_distillation`` or a UnED baseline
+            (``uscrr``, ``ujcrr``, ``uscds``, ``ujcds``).
+        backbone / backbone_source / backbone_kwargs / pooling: the backbone (see ``UdonConfig``).
+        offline_weights: offline pretrained weights (``efficientnet_lite0`` …, ``hf_distill.teachers.offline``);
+            sets the backbone architecture, its weights and its normalisation.
+        pretrained_file: local safetensors file with backbone weights.
+        image_size / resize_size / image_mean / image_std: preprocessing.
+        embed_dim / teacher_dim / temperature / classifier_margin / margin_type /
+            distillation_reaches_backbone: see ``UdonConfig``.
+        eval_batch_size: images per forward pass in retrieval evaluation.
+        evaluate_teachers: also evaluate each domain's teacher head on its own domain (separate/oracle).
+        export_dir: where the embedder is exported (default ``<output_dir>/embedder``).
+        base_model: Hub id of the backbone's initial checkpoint, for the model card.
+        max_train_per_domain: keep at most this many training images per domain (quick runs).
+    """
+
+    benchmark: str | None = None
+    domains: list[str] | None = None
+    variant: str = "udon"
+    backbone: str = "vit_tiny_patch16_224"
+    backbone_source: str = "timm"
+    backbone_kwargs: dict | None = field(default=None)
+    pooling: str = "default"
+    offline_weights: str | None = None
+    pretrained_file: str | None = None
+    image_size: int = 32
+    resize_size: int | None = None
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+    embed_dim: int = 64
+    teacher_dim: int = 256
+    temperature: float = 0.1
+    classifier_margin: float = 0.0
+    margin_type: str = "none"
+    distillation_reaches_backbone: bool = False
+    eval_batch_size: int = 256
+    evaluate_teachers: bool = False
+    export_dir: str | None = None
+    base_model: str | None = None
+    max_train_per_domain: int | None = None
+
+
+def build_model(recipe: UdonRecipeArguments, benchmark) -> UdonModel:
+    """The ``UdonModel`` described by the recipe arguments, with the benchmark's domains and classes.
+
+    Args:
+        recipe: recipe arguments.
+        benchmark: the loaded ``Benchmark``.
+    """
+    switches, _ = variant_settings(recipe.variant)
+    backbone, pretrained_file = recipe.backbone, recipe.pretrained_file
+    mean, std = recipe.image_mean, recipe.image_std
+    if recipe.offline_weights is not None:
+        from hf_distill.teachers.offline import resolve_offline_weights
+
+        weights = resolve_offline_weights(recipe.offline_weights)
+        backbone, pretrained_file = weights.architecture, str(weights.path)
+        mean, std = mean or list(weights.mean), std or list(weights.std)
+    domains = list(benchmark.domains)
+    config = UdonConfig(
+        backbone=backbone,
+        backbone_source=recipe.backbone_source,
+        backbone_kwargs=recipe.backbone_kwargs,
+        pretrained_file=pretrained_file,
+        pooling=recipe.pooling,
+        domains=domains,
+        num_classes=[benchmark.num_classes[name] for name in domains],
+        embed_dim=recipe.embed_dim,
+        teacher_dim=recipe.teacher_dim,
+        temperature=recipe.temperature,
+        classifier_margin=recipe.classifier_margin,
+        margin_type=recipe.margin_type,
+        distillation_reaches_backbone=recipe.distillation_reaches_backbone,
+        image_size=recipe.image_size,
+        resize_size=recipe.resize_size,
+        image_mean=mean,
+        image_std=std,
+        **switches,
+    )
+    return UdonModel(config)
+
+
+def build_train_dataset(benchmark, model: UdonModel, max_per_domain: int | None, seed: int):
+    """All domains' ``train`` splits concatenated, with the training augmentation applied on the fly.
+
+    Args:
+        benchmark: the loaded ``Benchmark``.
+        model: supplies the domain order and preprocessing.
+        max_per_domain: optional cap on training images per domain (a seeded random subset).
+        seed: seed of that subset.
+    """
+    parts = []
+    for name in model.config.domains:
+        split = benchmark.domains[name]["train"]
+        if max_per_domain is not None and len(split) > max_per_domain:
+            split = split.shuffle(seed=seed).select(range(max_per_domain))
+        parts.append(split)
+    config = model.config
+    transform = ImageTransform(
+        config.image_size, config.image_mean, config.image_std, train=True, resize_size=config.resize_size
+    )
+    domain_to_id = {name: i for i, name in enumerate(config.domains)}
+    return with_pixel_values(concatenate_datasets(parts), transform, domain_to_id)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the recipe; returns the final test metrics of the exported embedder."""
+    recipe, args = parse_recipe_args((UdonRecipeArguments, UdonTrainingArguments), argv)
+    setup_logging(logging.INFO if args.should_log else logging.WARNING)
+    _, default_strategy = variant_settings(recipe.variant)
+    if args.sampling_strategy is None:
+        args.sampling_strategy = default_strategy
+    # The Trainer would push whole training checkpoints; only the exported embedder is published, at the end.
+    push, args.push_to_hub = args.push_to_hub, False
+    if push and not args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id <user>/<name>")
+    set_seed(args.seed)
+
+    benchmark = load_benchmark(recipe.benchmark, recipe.domains)
+    model = build_model(recipe, benchmark)
+    train_dataset = build_train_dataset(benchmark, model, recipe.max_train_per_domain, args.seed)
+    validation = RetrievalEvaluator(
+        benchmark, split="val", protocols=("merged",), batch_size=recipe.eval_batch_size
+    )
+    trainer = UdonTrainer(model=model, args=args, train_dataset=train_dataset, evaluator=validation)
+
+    checkpoint = args.resume_from_checkpoint
+    if checkpoint is None and os.path.isdir(args.output_dir):
+        checkpoint = get_last_checkpoint(args.output_dir)
+        if checkpoint is not None:
+            logger.info("resuming from %s", checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+    # With load_best_model_at_end the model now holds the best validation checkpoint.
+    embedder = trainer.accelerator.unwrap_model(trainer.model).export_embedder()
+    test = RetrievalEvaluator(benchmark, split="test", batch_size=recipe.eval_batch_size)
+    metrics: dict[str, float] = {}
+    if trainer.accelerator.is_main_process:
+        metrics = test(embedder, output_path=args.output_dir)
+        if recipe.evaluate_teachers and model.config.use_teacher:
+            metrics.update(evaluate_teachers(trainer.accelerator.unwrap_model(trainer.model), benchmark, recipe))
+        export(trainer, embedder, recipe, args, metrics, push)
+        logger.info("test %s = %.4f", test.primary_metric, metrics[test.primary_metric])
+    trainer.accelerator.wait_for_everyone()
+    return metrics
+
+
+def evaluate_teachers(model: UdonModel, benchmark, recipe: UdonRecipeArguments) -> dict[str, float]:
+    """Each domain's teacher head on its own domain (the separate/oracle protocol), keyed ``oracle/...``."""
+    results: dict[str, float] = {}
+    for name in model.config.domains:
+        evaluator = RetrievalEvaluator(
+            benchmark, split="test", protocols=("separate",), domains=[name], batch_size=recipe.eval_batch_size
+        )
+        for key, value in evaluator(model.export_teacher_embedder(name)).items():
+            if not key.startswith("separate/mean/"):
+                results["oracle/" + key[len("separate/") :]] = value
+    return results
+
+
+def export(
+    trainer: UdonTrainer, embedder, recipe: UdonRecipeArguments, args, metrics: dict[str, float], push: bool
+) -> None:
+    """Save the embedder with processor and card, write the metrics and the run summary, push if asked."""
+    export_dir = recipe.export_dir or os.path.join(args.output_dir, "embedder")
+    is_udon = recipe.variant.startswith("udon")
+    domains = list(trainer.domain_names)
+    card = dict(
+        method="udon" if is_udon else "baseline",
+        repo_id=args.hub_model_id,
+        model_name=f"hf-distill-{recipe.variant.replace('_', '-')}",
+        metrics=metrics,
+        base_model=recipe.base_model,
+        teachers=[f"online teacher head ({name})" for name in domains] if is_udon else [],
+        domains=domains,
+        hyperparameters={"variant": recipe.variant, **hyperparameters_from_training_args(args)},
+        log_history=trainer.state.log_history,
+    )
+    save_embedder(embedder, export_dir, card=card)
+    with open(os.path.join(args.output_dir, "test_metrics.json"), "w") as handle:
+        json.dump(metrics, handle, indent=2, sort_keys=True)
+    trainer.add_to_run_summary("test_metrics", metrics)
+    trainer.add_to_run_summary("recipe", asdict(recipe))
+    trainer.add_to_run_summary("export_dir", export_dir)
+    trainer.write_run_summary()
+    if push:
+        push_embedder(export_dir, args.hub_model_id, token=args.hub_token)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Feature cache: round-trip, refusal on a different spec, deterministic views, no half-built cache."""
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hf_distill.teachers.cache import (
+    SPEC_FILE,
+    FeatureCacheSpec,
+    build_feature_cache,
+    load_feature_cache,
+    read_cache_metadata,
+)
+
+
+def _images(n: int) -> datasets.Dataset:
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(n)]
+    return datasets.Dataset.from_dict({"image": images, "label": list(range(n))}, features=None)
+
+
+def _plain(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def _noisy(image: Image.Image) -> torch.Tensor:
+    # A random "augmentation" drawing from torch's and numpy's global RNGs.
+    return _plain(image) + torch.rand(1) + float(np.random.rand())
+
+
+def _extract(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    # map: mean over channels keeps the spatial grid; vector: per-channel means.
+    return {"map": pixels.mean(dim=1, keepdim=True), "vector": pixels.mean(dim=(2, 3))}
+
+
+def _spec(**overrides) -> FeatureCacheSpec:
+    values = dict(teacher="toy", layer="pixels", preprocessing={"size": 8, "mean": [0.0] * 3}, views=1)
+    values.update(overrides)
+    return FeatureCacheSpec(**values)
+
+
+def test_round_trip_stores_extracted_features(tmp_path):
+    images = _images(5)
+    cache = build_feature_cache(images, _extract, _plain, _spec(), tmp_path / "cache", batch_size=2)
+    assert cache.column_names == ["source_index", "view", "map", "vector"]
+    assert cache[:]["source_index"].tolist() == [0, 1, 2, 3, 4]
+    reloaded = load_feature_cache(tmp_path / "cache", _spec())
+    for index in range(5):
+        expected = _extract(_plain(images[index]["image"])[None])
+        torch.testing.assert_close(reloaded[index]["map"], expected["map"][0])
+        torch.testing.assert_close(reloaded[index]["vector"], expected["vector"][0])
+    assert reloaded[0]["map"].shape == (1, 8, 8)
+    metadata = read_cache_metadata(tmp_path / "cache")
+    assert metadata["fingerprint"] == _spec().fingerprint()
+    assert metadata["num_rows"] == 5
+
+
+def test_refuses_a_different_spec_and_names_the_fields(tmp_path):
+    build_feature_cache(_images(2), _extract, _plain, _spec(), tmp_path / "cache")
+    with pytest.raises(ValueError, match=r"\['layer', 'preprocessing'\]"):
+        load_feature_cache(tmp_path / "cache", _spec(layer="other", preprocessing={"size": 16}))
+    with pytest.raises(ValueError, match="teacher"):
+        load_feature_cache(tmp_path / "cache", _spec(teacher="another"))
+
+
+def test_fingerprint_is_canonical():
+    first = FeatureCacheSpec("t", "l", preprocessing={"a": 1, "b": [1, 2]}, extra={"x": 1})
+    second = FeatureCacheSpec("t", "l", preprocessing={"b": [1, 2], "a": 1}, extra={"x": 1})
+    assert first.fingerprint() == second.fingerprint()
+    assert (
+        first.fingerprint() != FeatureCacheSpec("t", "l", preprocessing={"a": 2, "b": [1, 2]}).fingerprint()
+    )
+    assert FeatureCacheSpec.from_dict(first.to_dict()) == first
+    with pytest.raises(ValueError, match="views"):
+        FeatureCacheSpec("t", "l", views=0)
+
+
+def test_augmented_views_are_deterministic_in_the_seed(tmp_path):
+    images = _images(3)
+    spec = _spec(views=3, augmentation="uniform offset")
+    first = build_feature_cache(images, _extract, _noisy, spec, tmp_path / "a", batch_size=2, seed=7)
+    # Another batch size must not change any view: each view's seed depends only on (seed, image, view).
+    again = build_feature_cache(images, _extract, _noisy, spec, tmp_path / "b", batch_size=3, seed=7)
+    other = build_feature_cache(images, _extract, _noisy, spec, tmp_path / "c", batch_size=2, seed=8)
+    assert first[:]["source_index"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert first[:]["view"].tolist() == [0, 1, 2] * 3
+    torch.testing.assert_close(first[:]["map"], again[:]["map"])
+    assert not torch.allclose(first[:]["map"], other[:]["map"])
+    # The three views of one image differ from one another.
+    assert len({round(float(value), 6) for value in first[:3]["vector"][:, 0]}) == 3
+    # The caller's RNG state is left untouched.
+    state = torch.get_rng_state()
+    build_feature_cache(images, _extract, _noisy, spec, tmp_path / "d", seed=7)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_interrupted_build_leaves_no_cache(tmp_path):
+    calls = []
+
+    def failing(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        calls.append(len(pixels))
+        if len(calls) > 2:
+            raise RuntimeError("interrupted")
+        return _extract(pixels)
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        build_feature_cache(_images(6), failing, _plain, _spec(), tmp_path / "cache", batch_size=2)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(FileNotFoundError, match="not a complete feature cache"):
+        load_feature_cache(tmp_path / "cache", _spec())
+
+
+def test_rejects_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="no column 'pixels'"):
+        build_feature_cache(_images(2), _extract, _plain, _spec(), tmp_path / "c", image_column="pixels")
+    with pytest.raises(ValueError, match="'vector' must be a Tensor with 2 rows"):
+        build_feature_cache(
+            _images(2), lambda x: {"vector": x[:1].mean((2, 3))}, _plain, _spec(), tmp_path / "d"
+        )
+    build_feature_cache(_images(2), _extract, _plain, _spec(), tmp_path / "e")
+    with pytest.raises(FileExistsError, match="already exists"):
+        build_feature_cache(_images(2), _extract, _plain, _spec(), tmp_path / "e")
+    (tmp_path / "e" / SPEC_FILE).write_text(json.dumps({"spec": {"teacher": "x", "layer": "y", "bogus": 1}}))
+    with pytest.raises(ValueError, match="bogus"):
+        load_feature_cache(tmp_path / "e", _spec())
