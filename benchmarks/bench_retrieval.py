@@ -1,9 +1,10 @@
 """Time and memory of merged UnED retrieval evaluation: the library path against a naive full matrix.
 
-Default size: 10k queries against a 1M x 64 index of random unit vectors split over 4 domains of unequal
-size. Each method runs in its own worker process, so that its peak resident memory (``ru_maxrss`` from
-``resource.getrusage``, which counts torch and faiss allocations alike) is its own. The "above data"
-column subtracts the resident size measured once the embeddings exist, i.e. what the search itself costs.
+Default size: 10k queries against a 1M x 64 index of random unit vectors (scattered around random class
+centroids, so that R@1 is not zero) split over 4 domains of unequal size. Each method runs in its own
+worker process, so that its peak resident memory (``ru_maxrss`` from ``resource.getrusage``, which counts
+torch and faiss allocations alike) is its own. The "above data" column subtracts the resident size
+measured once the embeddings exist, i.e. what the search itself costs.
 
 Methods:
 - ``library-faiss`` / ``library-torch``: ``hf_distill.evaluation.evaluate_retrieval(protocols=["merged"])``
@@ -54,12 +55,15 @@ def _available_mib() -> float:
     return float("nan")
 
 
-def _unit_vectors(count: int, dim: int, generator: torch.Generator) -> torch.Tensor:
-    """Random unit vectors, made in blocks so that generation does not dominate the peak memory."""
-    out = torch.empty((count, dim), dtype=torch.float32)
-    for start in range(0, count, 100_000):
-        block = torch.randn(min(100_000, count - start), dim, generator=generator)
-        out[start : start + len(block)] = torch.nn.functional.normalize(block, dim=1)
+def _clustered_unit_vectors(
+    labels: np.ndarray, centroids: torch.Tensor, noise: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Unit vectors around their class centroid, made in blocks so generation does not set the peak memory."""
+    out = torch.empty((len(labels), centroids.shape[1]), dtype=torch.float32)
+    for start in range(0, len(labels), 100_000):
+        rows = torch.from_numpy(labels[start : start + 100_000])
+        block = centroids[rows] + noise * torch.randn(len(rows), centroids.shape[1], generator=generator)
+        out[start : start + len(rows)] = torch.nn.functional.normalize(block, dim=1)
     return out
 
 
@@ -71,18 +75,23 @@ def _split_sizes(total: int, domains: int) -> list[int]:
 
 
 def make_domains(args: argparse.Namespace) -> dict[str, RetrievalDomain]:
-    """Random query and index sets for ``args.domains`` domains with ``args.classes`` labels each."""
+    """Query and index sets of ``args.domains`` domains: random unit vectors scattered (``args.noise`` per
+    dimension) around random class centroids, ``args.classes`` classes per domain."""
     generator = torch.Generator().manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     domains = {}
-    for number, (n_query, n_index) in enumerate(
-        zip(_split_sizes(args.queries, args.domains), _split_sizes(args.index_size, args.domains))
-    ):
+    sizes = zip(_split_sizes(args.queries, args.domains), _split_sizes(args.index_size, args.domains))
+    for number, (n_query, n_index) in enumerate(sizes):
+        centroids = torch.nn.functional.normalize(
+            torch.randn(args.classes, args.dim, generator=generator), dim=1
+        )
+        query_labels = rng.integers(0, args.classes, n_query)
+        index_labels = rng.integers(0, args.classes, n_index)
         domains[f"domain{number}"] = RetrievalDomain(
-            _unit_vectors(n_query, args.dim, generator),
-            rng.integers(0, args.classes, n_query),
-            _unit_vectors(n_index, args.dim, generator),
-            rng.integers(0, args.classes, n_index),
+            _clustered_unit_vectors(query_labels, centroids, args.noise, generator),
+            query_labels,
+            _clustered_unit_vectors(index_labels, centroids, args.noise, generator),
+            index_labels,
         )
     return domains
 
@@ -154,6 +163,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--domains", type=int, default=4)
     parser.add_argument("--classes", type=int, default=1000, help="labels per domain")
+    parser.add_argument(
+        "--noise", type=float, default=0.15, help="per-dimension spread around class centroids"
+    )
     parser.add_argument("--memory-budget-mb", type=float, default=256.0, help="torch backend score block")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)

@@ -32,6 +32,7 @@ from typing import Any
 
 import datasets
 import torch
+from torch.utils.data import ConcatDataset
 from transformers import AutoModel, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -50,7 +51,7 @@ from hf_distill.models.mlfd import (  # noqa: E402
     MlfdClassifierModel,
 )
 from hf_distill.teachers.cache import FeatureCacheSpec, build_feature_cache, load_feature_cache  # noqa: E402
-from hf_distill.trainers.mlfd import CachedTargetsDataset, MlfdTrainer, map_column  # noqa: E402
+from hf_distill.trainers.mlfd import CachedMapsDataset, CachedTargetsDataset, MlfdTrainer, map_column  # noqa: E402
 
 logger = logging.getLogger("recipes.mlfd")
 
@@ -185,6 +186,7 @@ def _training_arguments(
         report_to="none",
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        dataloader_pin_memory=False,
         disable_tqdm=True,
     )
 
@@ -456,27 +458,30 @@ def stage2_cache(
 # ------------------------------------------------------------------------------------------------- stage 3
 
 
-def _with_targets(cache: datasets.Dataset, source: datasets.Dataset, domain_id: int) -> datasets.Dataset:
-    labels = source.select_columns(["label"])["label"]
-    indices = cache.with_format(None).select_columns(["source_index"])["source_index"]
-    cache = cache.with_format(None)
-    cache = cache.add_column("labels", [labels[int(i)] for i in indices])
-    cache = cache.add_column("domain_ids", [domain_id] * len(cache))
-    return cache.with_format("torch")
-
-
 @torch.no_grad()
-def joint_teacher_accuracy(model: JointTeacherModel, dataset: datasets.Dataset, batch_size: int) -> float:
-    """Top-1 accuracy of the joint teacher on a cache with ``labels`` and ``domain_ids`` columns."""
+def joint_teacher_accuracy(model: JointTeacherModel, dataset: CachedMapsDataset, batch_size: int) -> float:
+    """Top-1 accuracy of the joint teacher on the cached maps of one split.
+
+    Args:
+        model: the joint teacher.
+        dataset: the split's cached maps with labels and dataset id.
+        batch_size: rows per forward pass.
+    """
     model.eval()
     device = next(model.parameters()).device
+    labels = torch.tensor(dataset.labels)
     correct = 0
     for start in range(0, len(dataset), batch_size):
-        batch = dataset[start : start + batch_size]
-        maps = [batch[map_column(name)].to(device) for name in model.config.teacher_names]
-        logits = model(teacher_maps=maps, domain_ids=batch["domain_ids"].to(device)).logits
-        correct += int((logits.argmax(-1).cpu() == batch["labels"]).sum())
+        rows = slice(start, start + batch_size)
+        maps = [dataset.maps[map_column(name)][rows].to(device) for name in model.config.teacher_names]
+        domain_ids = torch.full((len(labels[rows]),), dataset.domain_id, device=device)
+        logits = model(teacher_maps=maps, domain_ids=domain_ids).logits
+        correct += int((logits.argmax(-1).cpu() == labels[rows]).sum())
     return correct / len(dataset)
+
+
+def _labels(split: datasets.Dataset) -> list[int]:
+    return list(split.select_columns(["label"])["label"])
 
 
 def stage3_joint_teacher(
@@ -506,12 +511,12 @@ def stage3_joint_teacher(
     )
     torch.manual_seed(args.seed)
     model = JointTeacherModel(config)
-    train = datasets.concatenate_datasets(
+    train = ConcatDataset(
         [
-            _with_targets(caches[domain, "train"], _train_split(benchmark, domain, args), index)
+            CachedMapsDataset(caches[domain, "train"], _labels(_train_split(benchmark, domain, args)), index, names)
             for index, domain in enumerate(args.domains)
         ]
-    ).with_format("torch")
+    )
     training_args = _training_arguments(
         args, folder, args.joint_epochs, args.joint_learning_rate, args.joint_batch_size
     )
@@ -520,7 +525,7 @@ def stage3_joint_teacher(
     _train(trainer)
     metrics: dict[str, Any] = {"train_seconds": round(time.perf_counter() - start, 1)}
     for index, domain in enumerate(args.domains):
-        val = _with_targets(caches[domain, "val"], benchmark.domains[domain]["val"], index)
+        val = CachedMapsDataset(caches[domain, "val"], _labels(benchmark.domains[domain]["val"]), index, names)
         metrics[f"{domain}/val/top1"] = joint_teacher_accuracy(model, val, args.eval_batch_size)
     _finish(model, folder, metrics)
     logger.info("stage 3: joint teacher %s", metrics)

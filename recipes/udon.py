@@ -18,7 +18,6 @@ from pathlib import Path
 
 from datasets import concatenate_datasets
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -29,6 +28,7 @@ from hf_distill.evaluation import RetrievalEvaluator  # noqa: E402
 from hf_distill.hub import hyperparameters_from_training_args, push_embedder, save_embedder  # noqa: E402
 from hf_distill.models.udon import UdonConfig, UdonModel, variant_settings  # noqa: E402
 from hf_distill.trainers.arguments import UdonTrainingArguments  # noqa: E402
+from hf_distill.trainers.base import last_complete_checkpoint  # noqa: E402
 from hf_distill.trainers.udon import UdonTrainer  # noqa: E402
 
 logger = logging.getLogger("recipes.udon")
@@ -55,6 +55,8 @@ class UdonRecipeArguments:
         export_dir: where the embedder is exported (default ``<output_dir>/embedder``).
         base_model: Hub id of the backbone's initial checkpoint, for the model card.
         max_train_per_domain: keep at most this many training images per domain (quick runs).
+        write_domain_trace: write ``domain_trace_rank<r>.json``, the domain of every batch each process
+            trained on in this launch (to check that processes agree).
     """
 
     benchmark: str | None = None
@@ -81,6 +83,7 @@ class UdonRecipeArguments:
     export_dir: str | None = None
     base_model: str | None = None
     max_train_per_domain: int | None = None
+    write_domain_trace: bool = False
 
 
 def build_model(recipe: UdonRecipeArguments, benchmark) -> UdonModel:
@@ -167,12 +170,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     trainer = UdonTrainer(model=model, args=args, train_dataset=train_dataset, evaluator=validation)
 
-    checkpoint = args.resume_from_checkpoint
-    if checkpoint is None and os.path.isdir(args.output_dir):
-        checkpoint = get_last_checkpoint(args.output_dir)
-        if checkpoint is not None:
-            logger.info("resuming from %s", checkpoint)
+    checkpoint = args.resume_from_checkpoint or last_complete_checkpoint(args.output_dir)
+    if checkpoint is not None:
+        logger.info("resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
+    if recipe.write_domain_trace:
+        trace_path = os.path.join(args.output_dir, f"domain_trace_rank{args.process_index}.json")
+        with open(trace_path, "w") as handle:
+            json.dump(trainer.domain_trace, handle)
 
     # With load_best_model_at_end the model now holds the best validation checkpoint.
     embedder = trainer.accelerator.unwrap_model(trainer.model).export_embedder()

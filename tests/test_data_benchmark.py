@@ -1,5 +1,6 @@
 """The offline benchmark: split invariants, determinism, missing sources, safe loading of its sources."""
 
+import argparse
 import gzip
 import io
 import json
@@ -12,6 +13,7 @@ import pytest
 from datasets import Image as ImageFeature
 from PIL import Image
 
+from hf_distill.commands import build_benchmark
 from hf_distill.data import benchmark as benchmark_module
 from hf_distill.data.benchmark import (
     DOMAIN_NAMES,
@@ -88,7 +90,9 @@ def test_metadata_matches_the_saved_splits(tiny_benchmark_dir, tiny_benchmark):
         assert facts["source"] and facts["licence"]
     table = format_counts_table(metadata)
     clothing = metadata["domains"]["clothing"]["splits"]
-    assert f"| clothing | 6 | {clothing['train']['num_images']} | {clothing['val']['num_images']} | 4 |" in table
+    assert (
+        f"| clothing | 6 | {clothing['train']['num_images']} | {clothing['val']['num_images']} | 4 |" in table
+    )
 
 
 def test_same_seed_gives_identical_bytes_and_another_seed_does_not(tmp_path, tiny_benchmark):
@@ -105,12 +109,21 @@ def test_same_seed_gives_identical_bytes_and_another_seed_does_not(tmp_path, tin
         assert raw_images(other.domains[name]["train"]) != raw_images(tiny_benchmark.domains[name]["train"])
 
 
-def test_rebuilding_in_place_is_idempotent(tmp_path):
+def test_rebuilding_in_place_is_idempotent_down_to_the_bytes(tmp_path):
     output = tmp_path / "bench"
+
+    def snapshot():
+        return {
+            path.relative_to(output): path.read_bytes()
+            for path in sorted(output.rglob("*"))
+            if path.is_file()
+        }
+
     build_offline_benchmark(output, seed=3, scale=0.02, domains=["lowres_digits"])
-    first = raw_images(load_benchmark(output).domains["lowres_digits"]["train"])
+    first = snapshot()
     build_offline_benchmark(output, seed=3, scale=0.02, domains=["lowres_digits"])
-    assert raw_images(load_benchmark(output).domains["lowres_digits"]["train"]) == first
+    assert snapshot() == first
+    assert any(path.suffix == ".arrow" for path in first)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["bench"]  # no build directory left behind
 
 
@@ -195,3 +208,19 @@ def test_animal_pickles_are_read_as_numpy_arrays_only(tmp_path):
     not_array.write_bytes(gzip.compress(pickle.dumps([1, 2, 3])))
     with pytest.raises(ValueError, match="numeric numpy array"):
         benchmark_module._load_numpy_pickle(not_array)
+
+
+def test_cli_sub_command_builds_and_prints_the_counts(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="hf-distill")
+    build_benchmark.register(parser.add_subparsers(dest="command", required=True))
+    output = tmp_path / "bench"
+    args = parser.parse_args(
+        ["build-benchmark", "--output", str(output), "--scale", "0.02", "--domains", "lowres_digits"]
+    )
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    metadata = json.loads((output / "benchmark.json").read_text())
+    assert metadata["scale"] == 0.02 and list(metadata["domains"]) == ["lowres_digits"]
+    assert format_counts_table(metadata) in printed
+    with pytest.raises(SystemExit):
+        parser.parse_args(["build-benchmark", "--domains", "cars"])

@@ -44,7 +44,10 @@ def uned_layout():
         return [(f"{domain}/{split}/{i}.png", class_id, 10 * i) for i, class_id in enumerate(class_ids)]
 
     return {
-        "cars": {s: entries("cars", s, ids) for s, ids in {"train": [0, 1, 1], "val": [0, 1], "test": [5, 6]}.items()},
+        "cars": {
+            s: entries("cars", s, ids)
+            for s, ids in {"train": [0, 1, 1], "val": [0, 1], "test": [5, 6]}.items()
+        },
         "met": {
             "train": entries("met", "train", [0, 1, 2]),
             "val": entries("met", "val", [0, 2]),
@@ -81,9 +84,13 @@ def test_uned_splits_and_declared_class_counts(tmp_path):
     info, images = tmp_path / "info_files", tmp_path / "images"
     benchmark = load_uned_domains(info, images, domains=["met"], splits=["test", "index"])
     assert benchmark.eval_pairs == {"test": {"met": ("test", "index")}, "val": {}}
-    with pytest.raises(ValueError, match=r"domain 'met', split 'test': image 0 has class id 8, out of range \(0 .. 7\)"):
+    with pytest.raises(
+        ValueError, match=r"domain 'met', split 'test': image 0 has class id 8, out of range \(0 .. 7\)"
+    ):
         load_uned_domains(info, images, domains=["met"], splits=["test"], num_classes={"met": 8})
-    with pytest.raises(ValueError, match="domain 'cars', split 'small_index': info file .*small_index.json is missing"):
+    with pytest.raises(
+        ValueError, match="domain 'cars', split 'small_index': info file .*small_index.json is missing"
+    ):
         load_uned_domains(info, images, domains=["cars"], splits=["train", "small_index"])
     with pytest.raises(ValueError, match="domain 'food2k': no info folder"):
         load_uned_domains(info, images, domains=["food2k"])
@@ -93,7 +100,10 @@ def test_uned_splits_and_declared_class_counts(tmp_path):
     ("entries", "message"),
     [
         ([], "domain 'cars', split 'train' is empty"),
-        ([{"path": "a.png", "class_id": -1}], "domain 'cars', split 'train': image 0 has class id -1, out of range"),
+        (
+            [{"path": "a.png", "class_id": -1}],
+            "domain 'cars', split 'train': image 0 has class id -1, out of range",
+        ),
         ([{"path": "a.png"}], "entry 0 of .*train.json needs the keys"),
         ([{"path": "a.png", "class_id": "dog"}], "class id 'dog', expected an int"),
         ({"path": "a.png"}, "must hold a JSON list"),
@@ -191,13 +201,19 @@ def local_hub_dataset(tmp_path):
             "fine": values,
             "extra": ["x"] * len(values),
         }
-        Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / "repo" / "data" / f"{split}.parquet"))
+        Dataset.from_dict(rows, features=features).to_parquet(
+            str(tmp_path / "repo" / "data" / f"{split}.parquet")
+        )
     return tmp_path / "repo"
 
 
 def test_hub_domain_maps_columns(local_hub_dataset, tmp_path):
     domain, report = load_hub_domain(
-        str(local_hub_dataset), image_column="img", label_column="fine", domain="letters", cache_dir=tmp_path / "c"
+        str(local_hub_dataset),
+        image_column="img",
+        label_column="fine",
+        domain="letters",
+        cache_dir=tmp_path / "c",
     )
     assert set(domain) == {"train", "test"}
     assert domain["train"].column_names == ["image", "label", "domain"]

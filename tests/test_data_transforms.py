@@ -38,7 +38,9 @@ def test_train_transform_yields_a_crop_or_its_mirror():
             candidates += [crop, crop.flip(-1)]
     torch.manual_seed(0)
     outputs = [transform(Image.fromarray(pixels)) for _ in range(40)]
-    matches = [min(range(len(candidates)), key=lambda i: (out - candidates[i]).abs().max()) for out in outputs]
+    matches = [
+        min(range(len(candidates)), key=lambda i: (out - candidates[i]).abs().max()) for out in outputs
+    ]
     for output, match in zip(outputs, matches):
         torch.testing.assert_close(output, candidates[match])
     # 40 draws over 18 equally likely crops: both flips and several offsets show up.

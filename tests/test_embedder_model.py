@@ -102,7 +102,7 @@ def test_pretrained_file_is_loaded_but_not_saved(tmp_path, pixels):
 def test_unreadable_pretrained_file_is_named(tmp_path):
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"not safetensors")
-    with pytest.raises(Exception, match="broken.safetensors"):
+    with pytest.raises(ValueError, match="broken.safetensors"):
         UniversalEmbedderModel(tiny_config(pretrained_file=str(bad)))
 
 
@@ -141,3 +141,8 @@ def test_transformers_backbone_token_pooling_and_round_trip(tmp_path, pixels):
     assert AutoConfig.from_pretrained(tmp_path).backbone_source == "transformers"
     with torch.no_grad():
         torch.testing.assert_close(AutoModel.from_pretrained(tmp_path).eval()(pixels).embeddings, output.embeddings)
+
+
+def test_missing_pretrained_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="absent.safetensors"):
+        UniversalEmbedderModel(tiny_config(pretrained_file=str(tmp_path / "absent.safetensors")))

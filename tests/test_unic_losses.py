@@ -30,7 +30,9 @@ def test_feature_loss_hand_computed():
 def test_patch_losses_are_averaged_over_patches():
     prediction = torch.tensor([[[1.0, 0.0], [3.0, 0.0]]])
     target = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])
-    torch.testing.assert_close(feature_distillation_loss(prediction, target), torch.tensor([(0.75 + 0.375) / 2]))
+    torch.testing.assert_close(
+        feature_distillation_loss(prediction, target), torch.tensor([(0.75 + 0.375) / 2])
+    )
 
 
 def test_feature_loss_rejects_shape_mismatch():
@@ -135,7 +137,7 @@ def test_standardisation_uses_statistics_from_before_the_update():
     standardizer = FeatureStandardizer(total_steps=4)
     first = torch.tensor([[1.0, 10.0], [3.0, 30.0]])  # mean (2, 20), population std (1, 10)
     # Step 0: statistics start at mean 0 / std 1, so the targets come out unchanged.
-    torch.testing.assert_close(standardizer("t/cls", first, step=0), first, atol=1e-5, rtol=0)
+    torch.testing.assert_close(standardizer("t/cls", first, step=0), first, atol=0, rtol=1e-5)
     # Momentum 1 at step 0: the statistics are now exactly the first batch's.
     torch.testing.assert_close(standardizer.means["t/cls"], torch.tensor([2.0, 20.0]))
     torch.testing.assert_close(standardizer.stds["t/cls"], torch.tensor([1.0, 10.0]))
@@ -168,29 +170,55 @@ def test_standardiser_state_round_trip_and_frozen_evaluation():
     torch.testing.assert_close(restored.means["a/patch"], before)
 
 
-def _gather_worker(rank: int, world: int, init_file: str, full: torch.Tensor, results: dict) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        mean, std = batch_statistics(full.chunk(world)[rank])
-        results[rank] = (mean, std)
-    finally:
-        dist.destroy_process_group()
+# Loads standardization.py by path, so the workers import torch only (not transformers through hf_distill).
+_WORKER = """
+import importlib.util, sys
+import torch
+import torch.distributed as dist
+spec = importlib.util.spec_from_file_location("standardization", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+rank, world, init_file, data, out = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank, world_size=world)
+full = torch.load(data, weights_only=True)
+torch.save(module.batch_statistics(full.chunk(world)[rank]), out)
+dist.destroy_process_group()
+"""
 
 
 @pytest.mark.slow
 def test_statistics_are_gathered_across_processes(tmp_path):
-    import torch.multiprocessing as mp
+    import subprocess
+    import sys
+
+    from hf_distill.losses import standardization
 
     full = torch.randn(8, 3, 4, generator=torch.Generator().manual_seed(0)) * 3 + 1
-    manager = mp.Manager()
-    results = manager.dict()
-    init_file = os.path.join(tmp_path, "init")
-    mp.spawn(_gather_worker, args=(2, init_file, full, results), nprocs=2, join=True)
+    torch.save(full, tmp_path / "full.pt")
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                standardization.__file__,
+                str(rank),
+                "2",
+                str(tmp_path / "init"),
+                str(tmp_path / "full.pt"),
+                str(tmp_path / f"out{rank}.pt"),
+            ],
+            env=env,
+        )
+        for rank in range(2)
+    ]
+    assert [worker.wait(timeout=120) for worker in workers] == [0, 0]
     expected_mean, expected_std = batch_statistics(full)
     for rank in range(2):
-        torch.testing.assert_close(results[rank][0], expected_mean)
-        torch.testing.assert_close(results[rank][1], expected_std)
+        mean, std = torch.load(tmp_path / f"out{rank}.pt", weights_only=True)
+        torch.testing.assert_close(mean, expected_mean)
+        torch.testing.assert_close(std, expected_std)
     # Each half alone gives different statistics, so the agreement above comes from the all-reduce.
     assert not torch.allclose(batch_statistics(full[:4])[0], expected_mean)

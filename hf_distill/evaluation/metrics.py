@@ -236,6 +236,8 @@ def evaluate_retrieval(
     unknown = set(protocols) - set(PROTOCOLS)
     if unknown or not protocols:
         raise ValueError(f"protocols must be a non-empty subset of {PROTOCOLS}, got {list(protocols)}")
+    if map_k < 1:
+        raise ValueError(f"map_k must be >= 1, got {map_k}")
     labels = _check_domains(domains)
     names = list(domains)
     depth = max(5, map_k)

@@ -22,12 +22,41 @@ from accelerate.utils import broadcast_object_list, gather_object
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
 
 EXTRA_STATE_NAME = "hf_distill_state.pt"
 RUN_SUMMARY_NAME = "run_summary.json"
+TRAINER_STATE_NAME = "trainer_state.json"
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest ``checkpoint-<step>`` folder of ``output_dir`` whose save finished, or None.
+
+    The Trainer writes ``trainer_state.json`` last, so a run killed while saving leaves a folder without a
+    readable one; such folders are skipped.
+
+    Args:
+        output_dir: the training output directory.
+    """
+    if not os.path.isdir(output_dir):
+        return None
+    steps = []
+    for name in os.listdir(output_dir):
+        prefix = f"{PREFIX_CHECKPOINT_DIR}-"
+        if name.startswith(prefix) and name[len(prefix) :].isdigit():
+            steps.append(int(name[len(prefix) :]))
+    for step in sorted(steps, reverse=True):
+        folder = os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+        try:
+            with open(os.path.join(folder, TRAINER_STATE_NAME)) as handle:
+                json.load(handle)
+        except (OSError, ValueError):
+            logger.warning("skipping incomplete checkpoint %s", folder)
+            continue
+        return folder
+    return None
 
 
 class Stateful(Protocol):
@@ -346,7 +375,7 @@ class DistillationTrainer(Trainer):
             **kwargs: passed to ``Trainer.train``.
         """
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"no checkpoint found in output_dir '{self.args.output_dir}' to resume from")
         if resume_from_checkpoint:

@@ -37,7 +37,66 @@ def map_column(teacher_name: str) -> str:
     return f"{MAP_COLUMN_PREFIX}{teacher_name}"
 
 
-class CachedTargetsDataset(Dataset):
+def load_cached_maps(
+    cache: datasets.Dataset, teacher_names: Sequence[str], chunk_size: int = 1024
+) -> dict[str, torch.Tensor]:
+    """Read the map columns of a feature cache into memory, in the cache's storage dtype.
+
+    Row-by-row reads of fixed-shape Arrow arrays cost milliseconds each, far more than a training step of the
+    small joint teacher; read in chunks once, random access is free.
+
+    Args:
+        cache: a feature cache (from :func:`~hf_distill.teachers.cache.build_feature_cache`).
+        teacher_names: the teachers whose ``maps_<name>`` columns are read.
+        chunk_size: rows converted at a time.
+    """
+    columns = [map_column(name) for name in teacher_names]
+    missing = [column for column in columns if column not in cache.column_names]
+    if missing:
+        raise ValueError(f"the feature cache has no column(s) {missing}; it has {cache.column_names}")
+    maps = cache.select_columns(columns).with_format("numpy")
+    chunks: dict[str, list[torch.Tensor]] = {column: [] for column in columns}
+    for start in range(0, len(maps), chunk_size):
+        batch = maps[start : start + chunk_size]
+        for column in columns:
+            chunks[column].append(torch.from_numpy(batch[column]))
+    return {column: torch.cat(parts) for column, parts in chunks.items()}
+
+
+class CachedMapsDataset(Dataset):
+    """Cached teacher maps with the label and dataset id of their source image (joint-teacher training, stage 3).
+
+    Args:
+        cache: the feature cache of one dataset split, rows ``(source_index, view, maps_*)``.
+        labels: the labels of the source split, indexed by ``source_index``.
+        domain_id: the dataset's index among the joint teacher's datasets.
+        teacher_names: the joint teacher's teachers, whose map columns are returned.
+    """
+
+    def __init__(
+        self, cache: datasets.Dataset, labels: Sequence[int], domain_id: int, teacher_names: Sequence[str]
+    ) -> None:
+        self.maps = load_cached_maps(cache, teacher_names)
+        indices = cache.with_format(None).select_columns(["source_index", "view"])[:]
+        self.source_index = [int(index) for index in indices["source_index"]]
+        self.view = [int(view) for view in indices["view"]]
+        if self.source_index and max(self.source_index) >= len(labels):
+            raise ValueError(
+                f"the cache refers to source image {max(self.source_index)} but the source split has {len(labels)}"
+            )
+        self.labels = [int(labels[index]) for index in self.source_index]
+        self.domain_id = domain_id
+
+    def __len__(self) -> int:
+        return len(self.source_index)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item: dict[str, Any] = {column: values[index] for column, values in self.maps.items()}
+        item.update(labels=self.labels[index], domain_ids=self.domain_id)
+        return item
+
+
+class CachedTargetsDataset(CachedMapsDataset):
     """A dataset's images paired with the cached teacher maps of the same image and view (stage 4).
 
     Row ``r`` of the cache is view ``view[r]`` of source image ``source_index[r]``. With one un-augmented view
@@ -46,7 +105,7 @@ class CachedTargetsDataset(Dataset):
     view the targets were computed from: ``view_transform`` re-run with the view's seed, then ``normalize``.
 
     Args:
-        cache: the feature cache of the dataset (torch format), rows ``(source_index, view, maps_*)``.
+        cache: the feature cache of the dataset, rows ``(source_index, view, maps_*)``.
         source: the source split (columns ``image`` and ``label``).
         domain_id: the dataset's index among the joint teacher's datasets.
         teacher_names: the joint teacher's teachers, whose map columns are returned.
@@ -71,31 +130,20 @@ class CachedTargetsDataset(Dataset):
             raise ValueError("give exactly one of train_transform (fresh augmentation) and view_transform")
         if view_transform is not None and normalize is None:
             raise ValueError("view_transform needs the student's normalize function")
-        self.columns = [map_column(name) for name in teacher_names]
-        missing = [column for column in self.columns if column not in cache.column_names]
-        if missing:
-            raise ValueError(f"the feature cache has no column(s) {missing}; it has {cache.column_names}")
-        self.cache = cache.select_columns(["source_index", "view", *self.columns]).with_format("torch")
-        self.source = source
-        self.labels = list(source.select_columns(["label"])["label"])
-        self.domain_id = domain_id
+        super().__init__(cache, source.select_columns(["label"])["label"], domain_id, teacher_names)
+        self.images = source.select_columns(["image"])
         self.train_transform, self.view_transform, self.normalize = train_transform, view_transform, normalize
         self.seed = seed
 
-    def __len__(self) -> int:
-        return len(self.cache)
-
     def __getitem__(self, index: int) -> dict[str, Any]:
-        row = self.cache[index]
-        source_index = int(row["source_index"])
-        image = self.source[source_index]["image"]
+        item = super().__getitem__(index)
+        source_index = self.source_index[index]
+        image = self.images[source_index]["image"]
         if self.view_transform is not None:
-            seed = view_seed(self.seed, source_index, int(row["view"]))
-            pixel_values = self.normalize(transform_view(self.view_transform, image, seed))
+            seed = view_seed(self.seed, source_index, self.view[index])
+            item["pixel_values"] = self.normalize(transform_view(self.view_transform, image, seed))
         else:
-            pixel_values = self.train_transform(image)
-        item = {column: row[column] for column in self.columns}
-        item.update(pixel_values=pixel_values, labels=self.labels[source_index], domain_ids=self.domain_id)
+            item["pixel_values"] = self.train_transform(image)
         return item
 
 
@@ -177,4 +225,4 @@ class MlfdTrainer(DistillationTrainer):
         )
 
 
-__all__ = ["CachedTargetsDataset", "MlfdTrainer", "map_column"]
+__all__ = ["CachedMapsDataset", "CachedTargetsDataset", "MlfdTrainer", "load_cached_maps", "map_column"]

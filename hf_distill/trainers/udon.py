@@ -69,6 +69,8 @@ class UdonTrainer(DistillationTrainer):
         )
         self.sampling_strategy = args.sampling_strategy or ("dynamic" if model.config.use_teacher else "round_robin")
         self._train_domain_ids = list(train_domain_ids) if train_domain_ids is not None else None
+        # Domain id of every batch this process trained on (checks that all processes agree).
+        self.domain_trace: list[int] = []
         if args.plot_sampling_curves:
             self.add_callback(SamplingCurvesCallback())
 
@@ -126,6 +128,7 @@ class UdonTrainer(DistillationTrainer):
                 signal = self.accelerator.reduce(signal.clone(), reduction="mean")
             domain_id = int(inputs["domain_ids"][0])
             sampler.record_loss(domain_id, float(signal))
+            self.domain_trace.append(domain_id)
             losses[f"{DOMAIN_LOSS_PREFIX}{self.domain_names[domain_id]}"] = signal
             for name, probability in sampler.current_probabilities().items():
                 losses[f"{SAMPLING_PREFIX}{name}"] = torch.tensor(probability)
@@ -154,7 +157,8 @@ class UdonTrainer(DistillationTrainer):
                 "lr": learning_rates[part],
                 "udon_group": part,
             }
-            for (part, decays), params in sorted(groups.items())
+            # Heads first: the Trainer logs the first group's learning rate.
+            for (part, decays), params in sorted(groups.items(), key=lambda item: (item[0][0] != HEADS, item[0][1]))
         ]
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         optimizer_kwargs.pop("lr", None)

@@ -8,6 +8,7 @@ transformers, timm and its sibling configuration file.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import timm
@@ -73,12 +74,18 @@ def _feature_dim_of_transformers_config(config: PreTrainedConfig) -> int:
     raise ValueError(f"cannot tell the feature width of transformers backbone {config.model_type!r}")
 
 
+def _check_file(path: str) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained_file={path!r} does not exist")
+
+
 def _load_safetensors_into(module: nn.Module, path: str, strict: bool) -> None:
     from safetensors.torch import load_file
 
+    _check_file(path)
     try:
         state_dict = load_file(path)
-    except (OSError, RuntimeError) as error:
+    except Exception as error:  # safetensors raises its own error type for corrupt files
         raise ValueError(f"cannot read backbone weights from pretrained_file={path!r}: {error}") from error
     result = module.load_state_dict(state_dict, strict=strict)
     if not strict and (result.missing_keys or result.unexpected_keys):
@@ -107,14 +114,19 @@ def create_backbone(config: UniversalEmbedderConfig) -> tuple[nn.Module, int]:
             kwargs["global_pool"] = config.pooling
         pretrained = config.pretrained_file is not None
         if pretrained:
+            _check_file(config.pretrained_file)
             # timm maps the file's keys, drops the classifier (num_classes=0) and adapts e.g. pos-embed sizes.
             kwargs["pretrained_cfg_overlay"] = dict(file=config.pretrained_file)
+        if not timm.is_model(config.backbone):
+            raise ValueError(f"backbone={config.backbone!r} is not a timm model name")
         try:
             module = timm.create_model(config.backbone, pretrained=pretrained, num_classes=0, **kwargs)
-        except RuntimeError as error:
-            if "Unknown model" in str(error):
-                raise ValueError(f"backbone={config.backbone!r} is not a timm model name") from error
-            raise
+        except Exception as error:
+            if not pretrained:
+                raise
+            raise ValueError(
+                f"cannot load pretrained_file={config.pretrained_file!r} into timm {config.backbone!r}: {error}"
+            ) from error
         feature_dim = getattr(module, "head_hidden_size", None) or module.num_features
         return module, int(feature_dim)
 
