@@ -155,6 +155,15 @@ def test_bad_arguments_are_named(tmp_path):
         load_benchmark(tmp_path / "nowhere")
 
 
+def test_load_benchmark_refuses_another_format_version(tmp_path):
+    path = build_offline_benchmark(tmp_path / "bench", scale=0.02, domains=["lowres_digits"])
+    metadata = json.loads((path / "benchmark.json").read_text())
+    metadata["format_version"] = 0
+    (path / "benchmark.json").write_text(json.dumps(metadata))
+    with pytest.raises(ValueError, match="format version 0.*rebuild"):
+        load_benchmark(path)
+
+
 def test_load_benchmark_selects_domains_in_the_order_asked(tiny_benchmark_dir):
     loaded = load_benchmark(tiny_benchmark_dir, domains=["photos", "digits"])
     assert loaded.domain_names == ["photos", "digits"]

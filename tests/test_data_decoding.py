@@ -61,6 +61,19 @@ def test_cmyk_jpeg_decodes_to_rgb():
     assert np.abs(np.asarray(decoded, dtype=int) - [255, 0, 0]).max() <= 3
 
 
+def test_to_rgb_scales_big_endian_16_bit_by_the_bit_depth_not_the_data():
+    dark = Image.frombytes("I;16B", (2, 1), np.array([255, 0], dtype=">u2").tobytes())
+    assert dark.mode == "I;16B"
+    # 255 / 65535 of full scale is 1/257 of white: 1 after rounding (not 255, as an 8-bit reading would give).
+    assert [to_rgb(dark).getpixel((x, 0)) for x in range(2)] == [(1, 1, 1), (0, 0, 0)]
+
+
+def test_to_rgb_maps_float_images_from_the_unit_range():
+    image = Image.fromarray(np.array([[0.5, 1.0]], dtype=np.float32))
+    assert image.mode == "F"
+    assert [to_rgb(image).getpixel((x, 0)) for x in range(2)] == [(128, 128, 128), (255, 255, 255)]
+
+
 def test_to_rgb_scales_32_bit_integer_images_by_their_range():
     wide = Image.fromarray(np.array([[65535, 0]], dtype=np.int32))
     narrow = Image.fromarray(np.array([[200, 0]], dtype=np.int32))

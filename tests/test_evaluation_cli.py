@@ -101,7 +101,15 @@ def test_model_directory(tmp_path, tiny_benchmark, tiny_benchmark_dir):
     domain = tiny_benchmark.domain_names[0]
     output = tmp_path / "metrics.json"
     argv = ["--model", str(tmp_path / "model"), "--benchmark", str(tiny_benchmark_dir), "--split", "val"]
-    assert run_evaluate([*argv, "--domains", domain, "--output", str(output)]) == 0
+    saved = tmp_path / "embeddings.npz"
+    assert (
+        run_evaluate([*argv, "--domains", domain, "--output", str(output), "--save-embeddings", str(saved)])
+        == 0
+    )
     # The CLI (reloaded model, saved image processor) matches the in-process evaluator (config transform).
     expected = RetrievalEvaluator(tiny_benchmark, split="val", domains=[domain])(model)
+    assert json.loads(output.read_text())["metrics"] == pytest.approx(expected, abs=1e-6)
+    # The saved descriptors score the same without the model (val/val: no index key, labels included).
+    assert sorted(read_embeddings_file(saved)[domain]) == ["query", "query_labels"]
+    assert run_evaluate(["--embeddings", str(saved), "--output", str(output)]) == 0
     assert json.loads(output.read_text())["metrics"] == pytest.approx(expected, abs=1e-6)

@@ -160,5 +160,7 @@ def test_bad_inputs_name_the_domain():
         evaluate_retrieval({"mean": DOMAIN_A})
     with pytest.raises(ValueError, match="domain 'a': give both index embeddings and index labels"):
         evaluate_retrieval({"a": RetrievalDomain(unit(0), [0], unit(0), None)})
+    with pytest.raises(ValueError, match="domain 'b' index contains NaN or infinite values"):
+        evaluate_retrieval({"a": DOMAIN_A, "b": RetrievalDomain(unit(0), [0], np.full((1, 2), np.inf), [0])})
     with pytest.raises(ValueError, match="protocols"):
         evaluate_retrieval({"a": DOMAIN_A}, protocols=["oracle"])

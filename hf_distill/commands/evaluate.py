@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hf_distill.evaluation.embeddings_file import read_embeddings_file
+from hf_distill.evaluation.embeddings_file import read_embeddings_file, save_embeddings_file
 from hf_distill.evaluation.metrics import PROTOCOLS, RetrievalDomain, evaluate_retrieval
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backend", default="auto", choices=["auto", "faiss", "torch"], help="k-NN backend")
     parser.add_argument("--map-k", type=int, default=5, help="cut-off of the extra mAP@k metric")
     parser.add_argument("--output", type=Path, default=None, help="write the metrics to this JSON file")
+    parser.add_argument(
+        "--save-embeddings",
+        type=Path,
+        default=None,
+        help="with --model: also write the embeddings and labels (.safetensors or .npz) for --embeddings",
+    )
     parser.set_defaults(func=run)
 
 
@@ -151,7 +157,11 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, float]:
         map_k=args.map_k,
         backend=args.backend,
     )
-    return evaluator(model)
+    retrieval = evaluator.embed(model)
+    if args.save_embeddings is not None:
+        save_embeddings_file(args.save_embeddings, retrieval)
+        logger.info("embeddings written to %s", args.save_embeddings)
+    return evaluate_retrieval(retrieval, protocols=args.protocols, map_k=args.map_k, backend=args.backend)
 
 
 def format_table(metrics: dict[str, float], protocols: list[str], map_k: int = 5) -> str:
@@ -175,6 +185,8 @@ def format_table(metrics: dict[str, float], protocols: list[str], map_k: int = 5
 def run(args: argparse.Namespace) -> int:
     """Score the chosen source, print the table and write the JSON."""
     if args.embeddings is not None:
+        if args.save_embeddings is not None:
+            raise ValueError("--save-embeddings needs --model: the --embeddings file already holds them")
         retrieval = domains_from_file(args.embeddings, args.benchmark, args.split, args.domains)
         sizes = {
             name: {

@@ -26,6 +26,8 @@ _QUERY_BLOCK = 1024
 _SCORE_COPIES = 2
 # faiss' usual default for when its exhaustive search switches to matrix products.
 _FAISS_BLAS_THRESHOLD = 20
+# Rows whose norm is this close to 1 count as normalised already.
+_UNIT_TOLERANCE = 1e-5
 
 
 def faiss_available() -> bool:
@@ -40,14 +42,19 @@ def as_unit_float32(embeddings: np.ndarray | torch.Tensor, name: str = "embeddin
         embeddings: a 2-D array or tensor, one vector per row.
         name: how to call the input in error messages.
 
-    A zero row stays zero (its cosine similarity to everything is 0); a non-finite value is an error.
+    Rows that are already unit vectors are used as they are, without a copy (an index of millions of
+    vectors is not duplicated). A zero row stays zero (its cosine similarity to everything is 0); a
+    non-finite value is an error.
     """
     tensor = torch.as_tensor(embeddings).detach().to("cpu", torch.float32)
     if tensor.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (items x dims), got shape {tuple(tensor.shape)}")
-    if not torch.isfinite(tensor).all():
-        bad = int((~torch.isfinite(tensor)).any(dim=1).nonzero()[0])
+    norms = torch.linalg.vector_norm(tensor, dim=1)
+    if not torch.isfinite(norms).all():
+        bad = int((~torch.isfinite(norms)).nonzero()[0])
         raise ValueError(f"{name} contains NaN or infinite values (first bad row: {bad})")
+    if len(norms) and bool(((norms - 1).abs() <= _UNIT_TOLERANCE).all()):
+        return tensor.contiguous()
     return torch.nn.functional.normalize(tensor, dim=1).contiguous()
 
 

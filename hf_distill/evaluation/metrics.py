@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hf_distill.evaluation.knn import Backend, knn_search
+from hf_distill.evaluation.knn import Backend, as_unit_float32, knn_search
 
 PROTOCOLS = ("merged", "separate")
 # One label, several labels, or a padded label matrix.
@@ -208,8 +208,13 @@ def _index_embeddings(domain: RetrievalDomain) -> np.ndarray | torch.Tensor:
     return domain.query_embeddings if domain.query_is_index else domain.index_embeddings
 
 
-def _concat(arrays: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
-    return torch.cat([torch.as_tensor(array).detach().to("cpu", torch.float32) for array in arrays])
+def _concat_unit(arrays: Mapping[str, np.ndarray | torch.Tensor]) -> torch.Tensor:
+    """Normalised rows of all arrays in one tensor (normalising first lets ``knn_search`` skip its copy).
+
+    Args:
+        arrays: how to call each array in error messages -> the array.
+    """
+    return torch.cat([as_unit_float32(array, name) for name, array in arrays.items()])
 
 
 def evaluate_retrieval(
@@ -253,8 +258,8 @@ def evaluate_retrieval(
                 offset + np.arange(n_query) if domains[name].query_is_index else np.full(n_query, -1)
             )
         _, neighbors = knn_search(
-            _concat([domains[name].query_embeddings for name in names]),
-            _concat([_index_embeddings(domains[name]) for name in names]),
+            _concat_unit({f"domain {name!r} queries": domains[name].query_embeddings for name in names}),
+            _concat_unit({f"domain {name!r} index": _index_embeddings(domains[name]) for name in names}),
             depth,
             exclude=np.concatenate(excludes),
             backend=backend,

@@ -54,9 +54,12 @@ MAX_BODY_BYTES = 512 * 1024 * 1024
 
 
 class _HubError(Exception):
-    def __init__(self, status: int, message: str, error_code: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, error_code: str | None = None, extra: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.error_code = status, message, error_code
+        self.extra = extra or {}
 
 
 @dataclass
@@ -221,7 +224,7 @@ class LocalHubServer:
                             return
                     raise _HubError(404, f"no route for {method} {path}")
                 except _HubError as error:
-                    payload = json.dumps({"error": error.message}).encode()
+                    payload = json.dumps({"error": error.message, **error.extra}).encode()
                     headers = {"X-Error-Code": error.error_code} if error.error_code else {}
                     headers["X-Error-Message"] = error.message
                     self._send(error.status, payload, "application/json", headers, head=method == "HEAD")
@@ -304,7 +307,8 @@ class LocalHubServer:
         repo_id = f"{namespace}/{payload['name']}"
         with self._lock:
             if repo_id in self._repos:
-                raise _HubError(409, "You already created this model repo", "RepoExists")
+                # Like the Hub, the conflict answer still carries the repository URL (create_repo reads it).
+                raise _HubError(409, "You already created this model repo", "RepoExists", {"url": f"{self.url}/{repo_id}"})
             private = payload.get("private") or payload.get("visibility") == "private"
             self._repos[repo_id] = _Repo(repo_id=repo_id, private=bool(private))
             (self.root / repo_id).mkdir(parents=True, exist_ok=True)

@@ -23,8 +23,10 @@ import datasets
 import torch
 from torch import nn
 from torch.utils.data import Dataset
+from torchvision.transforms import v2
 from transformers import TrainingArguments
 
+from hf_distill.data.decoding import to_rgb
 from hf_distill.losses.standardization import FeatureStandardizer
 from hf_distill.losses.unic import UnicDistillationLoss
 from hf_distill.models.unic import TOKEN_TYPES, UnicStudentModel
@@ -51,6 +53,7 @@ __all__ = [
     "teacher_shapes",
     "teacher_targets",
     "unic_cache_spec",
+    "unic_train_transform",
 ]
 
 
@@ -191,6 +194,30 @@ class UnicTrainer(DistillationTrainer):
             }
         generator = self._dropping_generator(images.device)
         return self.loss_fn(output.predictions, targets, generator=generator)
+
+
+def unic_train_transform(image_size: int, scale_min: float = 0.35, color_jitter: float = 0.0) -> v2.Compose:
+    """The student's (and teachers') training view: PIL → ``(3, image_size, image_size)`` in ``[0, 1]``.
+
+    A random resized crop (scale ``[scale_min, 1]``) and a horizontal flip; with ``color_jitter > 0`` also the
+    DINO-style colour jitter (applied with probability 0.8) and random greyscale (0.2) used by the paper.
+
+    Args:
+        image_size: output side.
+        scale_min: smallest crop area fraction.
+        color_jitter: brightness/contrast/saturation strength (hue gets a quarter of it); 0 disables.
+    """
+    steps = [
+        v2.Lambda(to_rgb),
+        v2.PILToTensor(),
+        v2.RandomResizedCrop(image_size, scale=(scale_min, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+    ]
+    if color_jitter > 0:
+        jitter = v2.ColorJitter(color_jitter, color_jitter, color_jitter / 2, color_jitter / 4)
+        steps += [v2.RandomApply([jitter], p=0.8), v2.RandomGrayscale(p=0.2)]
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    return v2.Compose(steps)
 
 
 class OnlineImageDataset(Dataset):

@@ -1,0 +1,144 @@
+"""``hf-distill embed``: universal embeddings of every image under a folder, written to a safetensors file.
+
+The model is a folder or Hub id saved by hf_distill (``save_embedder``); images are preprocessed with its
+saved image processor. Images are found recursively by extension and decoded fully first, so a corrupt,
+truncated or empty file is reported by name: ``--on-bad-image error`` (default) stops there, ``skip``
+leaves it out and counts it.
+
+Output: tensor ``embeddings`` ``(n_images, dim)`` float32; metadata ``paths`` (JSON list, relative to the
+folder, row order), ``model``, ``num_skipped`` and ``skipped`` (JSON list of ``[path, reason]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``embed`` sub-command."""
+    parser = subparsers.add_parser(
+        "embed",
+        help="embed a folder of images with a saved universal embedder",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, help="embedder folder (or Hub id) saved by hf_distill")
+    parser.add_argument("--images", required=True, type=Path, help="folder of images (searched recursively)")
+    parser.add_argument("--output", required=True, type=Path, help="output .safetensors file")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1 ...)")
+    parser.add_argument(
+        "--on-bad-image",
+        choices=["error", "skip"],
+        default="error",
+        help="an undecodable image stops the run (error) or is skipped and counted (skip)",
+    )
+    parser.set_defaults(func=run)
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursive, by extension, sorted)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--images {folder} is not a folder")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under {folder}")
+    return paths
+
+
+def embed_folder(
+    model_path: str,
+    folder: Path,
+    output: Path,
+    batch_size: int = 64,
+    device: str = "cpu",
+    on_bad_image: str = "error",
+) -> dict:
+    """Embed every image under ``folder`` and write ``output``; returns a summary.
+
+    Args:
+        model_path: saved embedder folder or Hub id.
+        folder: images, searched recursively.
+        output: the ``.safetensors`` file to write.
+        batch_size: images per forward pass.
+        device: torch device.
+        on_bad_image: ``"error"`` or ``"skip"``.
+    """
+    import torch
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+    from transformers import AutoImageProcessor, AutoModel
+
+    import hf_distill  # noqa: F401  (registers the embedder with the Auto classes)
+    from hf_distill.data.decoding import DecodeReport, ImageDecodeError, check_image_file
+
+    if output.suffix != ".safetensors":
+        raise ValueError(f"--output {output} must end with .safetensors")
+    if batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {batch_size}")
+    if on_bad_image not in ("error", "skip"):
+        raise ValueError(f"--on-bad-image must be 'error' or 'skip', got {on_bad_image!r}")
+    paths = find_images(folder)
+    model = AutoModel.from_pretrained(model_path).to(device).eval()
+    processor = AutoImageProcessor.from_pretrained(model_path)
+
+    report = DecodeReport()
+    kept: list[str] = []
+    chunks: list[torch.Tensor] = []
+    batch: list = []
+
+    def flush() -> None:
+        with torch.no_grad():
+            pixel_values = processor(batch, return_tensors="pt").pixel_values.to(device)
+            chunks.append(model(pixel_values=pixel_values).embeddings.float().cpu())
+        batch.clear()
+
+    for path in tqdm(paths, desc="embedding", unit="img"):
+        report.num_checked += 1
+        try:
+            image = check_image_file(path)
+        except ImageDecodeError as error:
+            if on_bad_image == "error":
+                raise
+            report.add_skipped(error)
+            continue
+        batch.append(image)
+        kept.append(path.relative_to(folder).as_posix())
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    if not kept:
+        raise ValueError(f"none of the {len(paths)} image files under {folder} could be decoded")
+    if report.num_skipped:
+        logger.warning("skipped %d unreadable images, e.g. %s", report.num_skipped, report.skipped[:3])
+
+    embeddings = torch.cat(chunks)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "paths": json.dumps(kept),
+        "model": str(model_path),
+        "num_skipped": str(report.num_skipped),
+        "skipped": json.dumps(report.skipped),
+    }
+    save_file({"embeddings": embeddings.contiguous()}, str(output), metadata=metadata)
+    return {"num_images": len(kept), "dim": embeddings.shape[1], "num_skipped": report.num_skipped}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``hf-distill embed``."""
+    summary = embed_folder(
+        args.model, args.images, args.output, args.batch_size, args.device, on_bad_image=args.on_bad_image
+    )
+    print(
+        f"wrote {summary['num_images']} embeddings of dimension {summary['dim']} to {args.output}"
+        f" ({summary['num_skipped']} unreadable images skipped)"
+    )
+    return 0

@@ -1,0 +1,139 @@
+"""Model cards: metadata and model-index from evaluator metrics, hyperparameters, plots, citations, secrets."""
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from transformers import TrainingArguments
+
+from hf_distill.hub import (
+    METHODS,
+    build_model_card,
+    extract_usage_snippet,
+    hyperparameters_from_training_args,
+    parse_retrieval_metrics,
+)
+from hf_distill.models.embedder import UniversalEmbedderConfig, UniversalEmbedderModel
+
+METRICS = {
+    "eval_merged/digits/R@1": 0.5,
+    "eval_merged/digits/mP@5": 0.25,
+    "eval_merged/photos/R@1": 0.75,
+    "eval_merged/photos/mP@5": 0.625,
+    "eval_merged/mean/R@1": 0.625,
+    "eval_merged/mean/mP@5": 0.4375,
+    "eval_separate/digits/R@1": 0.875,
+    "eval_separate/mean/R@1": 0.875,
+    "eval_loss": 1.0,
+}
+LOG_HISTORY = [
+    {"step": 1, "epoch": 0.1, "loss": 2.0, "loss_teacher": 1.5, "learning_rate": 1e-3},
+    {"step": 2, "epoch": 0.2, "loss": 1.5, "loss_teacher": 1.0, "learning_rate": 1e-3},
+    {"step": 2, "epoch": 0.2, "eval_merged/mean/R@1": 0.625},
+]
+
+
+@pytest.fixture(scope="module")
+def model() -> UniversalEmbedderModel:
+    config = UniversalEmbedderConfig(
+        backbone="resnet10t", backbone_kwargs={}, image_size=32, embed_dim=8, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    return UniversalEmbedderModel(config).eval()
+
+
+def test_parse_retrieval_metrics_groups_and_ignores_other_keys():
+    grouped = parse_retrieval_metrics(METRICS)
+    assert grouped["merged"] == {
+        "digits": {"R@1": 0.5, "mP@5": 0.25},
+        "photos": {"R@1": 0.75, "mP@5": 0.625},
+        "mean": {"R@1": 0.625, "mP@5": 0.4375},
+    }
+    assert grouped["separate"] == {"digits": {"R@1": 0.875}, "mean": {"R@1": 0.875}}
+    assert parse_retrieval_metrics({"merged/cars/R@1": 0.1, "loss": 3.0}) == {"merged": {"cars": {"R@1": 0.1}}}
+
+
+def test_card_metadata_model_index_and_body(model, tmp_path):
+    card = build_model_card(
+        model,
+        method="udon",
+        repo_id="tester/udon-tiny",
+        metrics=METRICS,
+        base_model="timm/resnet10t.c3_in1k",
+        teachers=["resnet10t-digits", "resnet10t-photos"],
+        domains=["digits", "photos"],
+        datasets=["tester/offline-benchmark"],
+        hyperparameters={"learning_rate": 1e-3, "hub_token": "hf_should_not_appear", "steps": 2},
+        log_history=LOG_HISTORY,
+        plots_dir=tmp_path,
+    )
+    data = card.data.to_dict()
+    assert data["pipeline_tag"] == "image-feature-extraction" and data["library_name"] == "hf_distill"
+    assert data["base_model"] == "timm/resnet10t.c3_in1k" and data["datasets"] == ["tester/offline-benchmark"]
+    assert data["license"] == "apache-2.0" and "udon" in data["tags"]
+    results = {
+        (r.dataset_config, r.metric_type): r.metric_value for r in card.data.eval_results
+    }  # merged protocol only
+    assert results == {
+        ("digits", "recall_at_1"): 0.5,
+        ("digits", "mean_precision_at_5"): 0.25,
+        ("photos", "recall_at_1"): 0.75,
+        ("photos", "mean_precision_at_5"): 0.625,
+        ("mean", "recall_at_1"): 0.625,
+        ("mean", "mean_precision_at_5"): 0.4375,
+    }
+    text = str(card)
+    assert "| digits | 50.00 | 25.00 | 87.50 | – |" in text
+    assert "| learning_rate | 0.001 |" in text and "hub_token" not in text and "hf_should_not_appear" not in text
+    assert "`resnet10t-digits`, `resnet10t-photos`" in text and "NeurIPS" in text
+    assert 'AutoModel.from_pretrained("tester/udon-tiny", trust_remote_code=True)' in extract_usage_snippet(card)
+    for name in ("training_curves.png", "per_domain_results.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in text
+    # The card text round-trips through huggingface_hub's parser.
+    assert ModelCard(text).data.to_dict()["model-index"][0]["name"] == "udon-tiny"
+
+
+@pytest.mark.parametrize(
+    ("method", "venue", "year"), [("udon", "NeurIPS", "2024"), ("unic", "ECCV", "2024"), ("mlfd", "WACV", "2025")]
+)
+def test_each_method_cites_its_paper(model, method, venue, year):
+    text = str(build_model_card(model, method=method))
+    citation = text.split("```bibtex")[1].split("```")[0]
+    assert citation.strip().startswith("@inproceedings{") and venue in citation and f"year      = {{{year}}}" in citation
+    assert METHODS[method].title.split(" ")[0] in text
+
+
+def test_baseline_card_without_metrics_or_training(model):
+    text = str(build_model_card(model, method="baseline", repo_id="tester/baseline"))
+    assert "No training:" in text and "## Citation" not in text and "model-index" not in text
+    assert "## Retrieval results" not in text
+
+
+def test_training_arguments_become_hyperparameters_without_tokens(model, tmp_path):
+    args = TrainingArguments(
+        output_dir=str(tmp_path), learning_rate=3e-4, per_device_train_batch_size=16, max_steps=5, hub_token="hf_xyz"
+    )
+    values = hyperparameters_from_training_args(args)
+    assert values["learning_rate"] == 3e-4 and values["per_device_train_batch_size"] == 16 and values["max_steps"] == 5
+    text = str(build_model_card(model, method="unic", hyperparameters=args))
+    assert "| per_device_train_batch_size | 16 |" in text and "hf_xyz" not in text
+
+
+def test_card_refuses_to_contain_the_environment_token(model, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value_123")
+    with pytest.raises(ValueError, match="HF_TOKEN"):
+        build_model_card(model, method="mlfd", teachers=["hf_secret_value_123"])
+
+
+def test_unknown_method_is_named(model):
+    with pytest.raises(ValueError, match="distillbert"):
+        build_model_card(model, method="distillbert")
+
+
+def test_usage_snippet_runs_against_a_saved_model(model, tmp_path):
+    from hf_distill.hub import save_embedder
+
+    folder = save_embedder(model, tmp_path / "model", card=dict(method="baseline", repo_id=str(tmp_path / "model")))
+    namespace: dict = {}
+    exec(extract_usage_snippet((folder / "README.md").read_text()), namespace)
+    embeddings = namespace["embeddings"]
+    assert embeddings.shape == (1, 8)
+    torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(1))
