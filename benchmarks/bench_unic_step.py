@@ -69,6 +69,11 @@ def bench_dropping(batch_sizes: list[int], num_teachers: int, repeats: int) -> N
         )
 
 
+def _endless(loader: DataLoader):
+    while True:
+        yield from loader
+
+
 def bench_steps(images: datasets.Dataset, batch_size: int, steps: int) -> None:
     teachers = load_teachers(
         [{"model": "efficientnet_lite0", "image_size": 48}, {"model": "mobilenet_v2", "image_size": 48}]
@@ -103,7 +108,7 @@ def bench_steps(images: datasets.Dataset, batch_size: int, steps: int) -> None:
             standardizer = FeatureStandardizer(total_steps=steps + 1)
             mean = torch.tensor(config.image_mean).view(1, 3, 1, 1)
             std = torch.tensor(config.image_std).view(1, 3, 1, 1)
-            loader = iter(DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True))
+            loader = _endless(DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True))
             elapsed = 0.0
             for step in range(steps + 1):
                 start = time.perf_counter()

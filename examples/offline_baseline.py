@@ -13,7 +13,7 @@ Run ``make data`` first (or pass ``--benchmark``), then::
 
     HF_HUB_OFFLINE=1 .venv/bin/python examples/offline_baseline.py
 
-The benchmark's 32×32 images are upsampled to ``--image-size`` (default 128) for the ImageNet backbone.
+The benchmark's 32×32 images are upsampled to ``--image-size`` (default 96) for the ImageNet backbone.
 """
 
 from __future__ import annotations
@@ -30,7 +30,11 @@ from hf_distill.data import load_benchmark
 from hf_distill.evaluation import RetrievalEvaluator
 from hf_distill.hub import push_embedder, save_embedder
 from hf_distill.hub.testing import LocalHubServer, use_local_hub
-from hf_distill.models.embedder import UniversalEmbedderConfig, UniversalEmbedderImageProcessor, UniversalEmbedderModel
+from hf_distill.models.embedder import (
+    UniversalEmbedderConfig,
+    UniversalEmbedderImageProcessor,
+    UniversalEmbedderModel,
+)
 from hf_distill.teachers.offline import resolve_offline_weights
 
 REPO_NAME = "efficientnet-lite0-offline-baseline"
@@ -55,15 +59,25 @@ def build_baseline(image_size: int) -> UniversalEmbedderModel:
 def print_metrics(metrics: dict[str, float], domains: list[str]) -> None:
     print(f"{'domain':<14} {'merged R@1':>10} {'merged mP@5':>11} {'separate R@1':>12} {'separate mP@5':>13}")
     for domain in [*domains, "mean"]:
-        row = [metrics.get(f"{p}/{domain}/{m}", float("nan")) for p in ("merged", "separate") for m in ("R@1", "mP@5")]
+        row = [
+            metrics.get(f"{p}/{domain}/{m}", float("nan"))
+            for p in ("merged", "separate")
+            for m in ("R@1", "mP@5")
+        ]
         print(f"{domain:<14} {row[0]:>10.4f} {row[1]:>11.4f} {row[2]:>12.4f} {row[3]:>13.4f}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--benchmark", type=Path, default=None, help="offline benchmark (default: make data's)")
-    parser.add_argument("--output", type=Path, default=Path("outputs/offline_baseline"), help="saved embedder")
-    parser.add_argument("--image-size", type=int, default=128, help="input side for the backbone")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--benchmark", type=Path, default=None, help="offline benchmark (default: make data's)"
+    )
+    parser.add_argument(
+        "--output", type=Path, default=Path("outputs/offline_baseline"), help="saved embedder"
+    )
+    parser.add_argument("--image-size", type=int, default=96, help="input side for the backbone")
     parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -72,7 +86,9 @@ def main() -> None:
     benchmark = load_benchmark(args.benchmark)
     domains = list(benchmark.domains)
     model = build_baseline(args.image_size)
-    print(f"embedder: {model.config.backbone}, {model.feature_dim}-d, input {args.image_size}px; domains {domains}")
+    print(
+        f"embedder: {model.config.backbone}, {model.feature_dim}-d, input {args.image_size}px; domains {domains}"
+    )
 
     metrics = RetrievalEvaluator(benchmark, split="test", batch_size=args.batch_size)(model)
     print_metrics(metrics, domains)
@@ -95,8 +111,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch, LocalHubServer(Path(scratch) / "repos") as server:
         with use_local_hub(server, Path(scratch) / "hf_home"):
             repo_id = f"{server.user}/{REPO_NAME}"
-            commit = push_embedder(folder, repo_id, commit_message="Off-the-shelf EfficientNet-Lite0 baseline")
-            print(f"pushed to {server.url}/{repo_id} (commit {commit.oid[:12]}): {len(server.repo_files(repo_id))} files")
+            commit = push_embedder(
+                folder, repo_id, commit_message="Off-the-shelf EfficientNet-Lite0 baseline"
+            )
+            print(
+                f"pushed to {server.url}/{repo_id} (commit {commit.oid[:12]}): {len(server.repo_files(repo_id))} files"
+            )
 
             from huggingface_hub import ModelCard
             from transformers import AutoModel
@@ -108,7 +128,9 @@ def main() -> None:
     with torch.no_grad():
         pixels = processor(images, return_tensors="pt").pixel_values
         difference = (reloaded(pixels).embeddings - model(pixels).embeddings).abs().max().item()
-    print(f"loaded back by repo id {repo_id!r}: max |embedding difference| = {difference:.2e}; card validated")
+    print(
+        f"loaded back by repo id {repo_id!r}: max |embedding difference| = {difference:.2e}; card validated"
+    )
     print(f"time: evaluation {evaluated - start:.1f}s, total {time.perf_counter() - start:.1f}s")
 
 

@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
+from accelerate import PartialState
 from torch.utils.data import ConcatDataset
 from transformers import AutoModel, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
@@ -94,7 +96,9 @@ class MlfdArguments:
     output_dir: str = "outputs/mlfd"
     benchmark_path: str | None = None
     domains: list[str] = field(default_factory=lambda: ["clothing", "digits", "animals"])
-    teacher_backbones: list[str] = field(default_factory=lambda: ["vit_tiny_patch16_224", "resnet10t", "resnet10t"])
+    teacher_backbones: list[str] = field(
+        default_factory=lambda: ["vit_tiny_patch16_224", "resnet10t", "resnet10t"]
+    )
     backbone_kwargs: dict | str | None = None
     teacher_levels: list[int] = field(default_factory=lambda: [-1])
     teacher_paths: dict | str | None = None
@@ -136,7 +140,9 @@ class MlfdArguments:
             self.teacher_levels = self.teacher_levels * len(self.domains)
         for name in ("teacher_backbones", "teacher_levels"):
             if len(getattr(self, name)) != len(self.domains):
-                raise ValueError(f"{name} needs one entry per domain {self.domains} (or a single one for all)")
+                raise ValueError(
+                    f"{name} needs one entry per domain {self.domains} (or a single one for all)"
+                )
         unknown = sorted(set(self.teacher_paths) - set(self.domains))
         if unknown:
             raise ValueError(f"teacher_paths names unknown domain(s) {unknown}; domains are {self.domains}")
@@ -192,17 +198,22 @@ def _training_arguments(
 
 
 def _train(trainer: MlfdTrainer) -> None:
-    checkpoint = get_last_checkpoint(trainer.args.output_dir) if Path(trainer.args.output_dir).is_dir() else None
+    checkpoint = (
+        get_last_checkpoint(trainer.args.output_dir) if Path(trainer.args.output_dir).is_dir() else None
+    )
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
 
 
 def _finish(model: torch.nn.Module, folder: Path, metrics: dict) -> None:
-    model.save_pretrained(folder)
-    _write_json(folder / METRICS_FILE, metrics)
-    # The final weights are saved; the intermediate checkpoints only served resumption.
-    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    state = PartialState()
+    if state.is_main_process:
+        model.save_pretrained(folder)
+        _write_json(folder / METRICS_FILE, metrics)
+        # The final weights are saved; the intermediate checkpoints only served resumption.
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    state.wait_for_everyone()
 
 
 # --------------------------------------------------------------------------------------------- evaluation
@@ -231,7 +242,9 @@ def top1_accuracy(
     return correct / len(dataset)
 
 
-def evaluate_classifier(model: MlfdClassifierModel, benchmark: Benchmark, args: MlfdArguments) -> dict[str, float]:
+def evaluate_classifier(
+    model: MlfdClassifierModel, benchmark: Benchmark, args: MlfdArguments
+) -> dict[str, float]:
     """Val top-1 accuracy and test retrieval metrics (unseen classes) of one domain's classifier.
 
     Args:
@@ -241,36 +254,55 @@ def evaluate_classifier(model: MlfdClassifierModel, benchmark: Benchmark, args: 
     """
     domain = model.config.dataset
     transform = _eval_transform(model.config)
-    metrics = {"val/top1": top1_accuracy(model, benchmark.domains[domain]["val"], transform, args.eval_batch_size)}
+    metrics = {
+        "val/top1": top1_accuracy(model, benchmark.domains[domain]["val"], transform, args.eval_batch_size)
+    }
     evaluator = RetrievalEvaluator(
-        benchmark, split="test", protocols=("separate",), transform=transform, batch_size=args.eval_batch_size,
+        benchmark,
+        split="test",
+        protocols=("separate",),
+        transform=transform,
+        batch_size=args.eval_batch_size,
         domains=[domain],
     )
     retrieval = evaluator(model.to_embedder().to(next(model.parameters()).device))
-    metrics.update({f"test/{key.split('/')[-1]}": value for key, value in retrieval.items() if f"/{domain}/" in key})
+    metrics.update(
+        {f"test/{key.split('/')[-1]}": value for key, value in retrieval.items() if f"/{domain}/" in key}
+    )
     return metrics
 
 
 def _eval_transform(config: MlfdClassifierConfig) -> ImageTransform:
-    return ImageTransform(config.image_size, config.image_mean, config.image_std, resize_size=config.resize_size)
+    return ImageTransform(
+        config.image_size, config.image_mean, config.image_std, resize_size=config.resize_size
+    )
 
 
 def _train_transform(args: MlfdArguments, mean: Sequence[float], std: Sequence[float]) -> ImageTransform:
     return ImageTransform(args.image_size, mean, std, train=True, resize_size=args.train_resize_size)
 
 
+def _train_indices(benchmark: Benchmark, domain: str, args: MlfdArguments) -> list[int]:
+    size = len(benchmark.domains[domain]["train"])
+    if args.max_train_samples is None or args.max_train_samples >= size:
+        return list(range(size))
+    # A fixed subset (seed 0) whatever the run seed, so that runs over several seeds see the same images.
+    return np.random.default_rng(0).permutation(size)[: args.max_train_samples].tolist()
+
+
 def _train_split(benchmark: Benchmark, domain: str, args: MlfdArguments) -> datasets.Dataset:
     split = benchmark.domains[domain]["train"]
-    if args.max_train_samples is None or args.max_train_samples >= len(split):
-        return split
-    # A fixed subset (seed 0) whatever the run seed, so that runs over several seeds see the same images.
-    return split.shuffle(seed=0).select(range(args.max_train_samples)).flatten_indices()
+    indices = _train_indices(benchmark, domain, args)
+    # Kept in memory so that nothing is written next to the benchmark's files.
+    return split if len(indices) == len(split) else split.select(indices, keep_in_memory=True)
 
 
 # ------------------------------------------------------------------------------------------------- stage 1
 
 
-def classifier_config(args: MlfdArguments, index: int, num_classes: int, **overrides: Any) -> MlfdClassifierConfig:
+def classifier_config(
+    args: MlfdArguments, index: int, num_classes: int, **overrides: Any
+) -> MlfdClassifierConfig:
     """The classifier config of domain ``index`` (teacher, student and baseline share the architecture).
 
     Args:
@@ -340,7 +372,9 @@ def stage1_teachers(args: MlfdArguments, benchmark: Benchmark) -> dict[str, Mlfd
         if domain in args.teacher_paths:
             teacher = AutoModel.from_pretrained(args.teacher_paths[domain])
             if not isinstance(teacher, MlfdClassifierModel):
-                raise TypeError(f"teacher_paths[{domain!r}] is a {type(teacher).__name__}, not MlfdClassifierModel")
+                raise TypeError(
+                    f"teacher_paths[{domain!r}] is a {type(teacher).__name__}, not MlfdClassifierModel"
+                )
             _finish(teacher, folder, evaluate_classifier(teacher, benchmark, args))
             teachers[domain] = teacher.eval()
             continue
@@ -350,12 +384,18 @@ def stage1_teachers(args: MlfdArguments, benchmark: Benchmark) -> dict[str, Mlfd
         dataset = with_pixel_values(
             _train_split(benchmark, domain, args), _train_transform(args, args.image_mean, args.image_std)
         )
-        train_classifier(model, dataset, folder, benchmark, args, args.teacher_epochs, args.teacher_learning_rate)
+        train_classifier(
+            model, dataset, folder, benchmark, args, args.teacher_epochs, args.teacher_learning_rate
+        )
         teachers[domain] = model.eval()
     return teachers
 
 
 # ------------------------------------------------------------------------------------------------- stage 2
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _file_digest(path: Path) -> str:
@@ -366,11 +406,18 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_spec(args: MlfdArguments, teachers: dict[str, MlfdClassifierModel], domain: str, split: str) -> FeatureCacheSpec:
+def cache_spec(
+    args: MlfdArguments,
+    benchmark: Benchmark,
+    teachers: dict[str, MlfdClassifierModel],
+    domain: str,
+    split: str,
+) -> FeatureCacheSpec:
     """What identifies the cache of ``domain``/``split``: teachers (and their weights), layers, preprocessing.
 
     Args:
         args: the recipe arguments.
+        benchmark: the benchmark (the spec records which training images are used).
         teachers: the stage-1 teachers by domain.
         domain: the cached domain.
         split: the cached split.
@@ -389,19 +436,25 @@ def cache_spec(args: MlfdArguments, teachers: dict[str, MlfdClassifierModel], do
         },
         views=views,
         augmentation=(
-            f"resize {args.train_resize_size}, random crop {args.image_size}, horizontal flip" if views > 1 else None
+            f"resize {args.train_resize_size}, random crop {args.image_size}, horizontal flip"
+            if views > 1
+            else None
         ),
         extra={
             "dataset": domain,
             "split": split,
-            "max_train_samples": args.max_train_samples if split == "train" else None,
+            "source_rows": _digest(
+                json.dumps(_train_indices(benchmark, domain, args) if split == "train" else None)
+            ),
             "teacher_weights": {name: _file_digest(folder / name / WEIGHTS_FILE) for name in names},
             "dtype": args.cache_dtype,
         },
     )
 
 
-def teacher_extractor(teachers: dict[str, MlfdClassifierModel]) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+def teacher_extractor(
+    teachers: dict[str, MlfdClassifierModel],
+) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
     """``pixels in [0, 1] -> {maps_<teacher>: map}``: each teacher normalises the batch its own way first.
 
     Args:
@@ -423,7 +476,9 @@ def teacher_extractor(teachers: dict[str, MlfdClassifierModel]) -> Callable[[tor
 def _view_transform(args: MlfdArguments, views: int) -> ImageTransform:
     # Pixels in [0, 1]; each teacher (and the student) applies its own normalisation afterwards.
     if views > 1:
-        return ImageTransform(args.image_size, (0, 0, 0), (1, 1, 1), train=True, resize_size=args.train_resize_size)
+        return ImageTransform(
+            args.image_size, (0, 0, 0), (1, 1, 1), train=True, resize_size=args.train_resize_size
+        )
     return ImageTransform(args.image_size, (0, 0, 0), (1, 1, 1), resize_size=args.image_size)
 
 
@@ -435,13 +490,17 @@ def stage2_cache(
     caches = {}
     for domain in args.domains:
         for split in ("train", "val"):
-            spec = cache_spec(args, teachers, domain, split)
+            spec = cache_spec(args, benchmark, teachers, domain, split)
             folder = Path(args.output_dir) / "cache" / f"{domain}_{split}"
             if folder.exists():
                 logger.info("stage 2: cache %s exists, checking its spec", folder)
                 caches[domain, split] = load_feature_cache(folder, spec)
                 continue
-            source = _train_split(benchmark, domain, args) if split == "train" else benchmark.domains[domain][split]
+            source = (
+                _train_split(benchmark, domain, args)
+                if split == "train"
+                else benchmark.domains[domain][split]
+            )
             caches[domain, split] = build_feature_cache(
                 source,
                 extract,
@@ -513,19 +572,25 @@ def stage3_joint_teacher(
     model = JointTeacherModel(config)
     train = ConcatDataset(
         [
-            CachedMapsDataset(caches[domain, "train"], _labels(_train_split(benchmark, domain, args)), index, names)
+            CachedMapsDataset(
+                caches[domain, "train"], _labels(_train_split(benchmark, domain, args)), index, names
+            )
             for index, domain in enumerate(args.domains)
         ]
     )
     training_args = _training_arguments(
         args, folder, args.joint_epochs, args.joint_learning_rate, args.joint_batch_size
     )
-    trainer = MlfdTrainer(model=model, args=training_args, train_dataset=train, domain_names=list(args.domains))
+    trainer = MlfdTrainer(
+        model=model, args=training_args, train_dataset=train, domain_names=list(args.domains)
+    )
     start = time.perf_counter()
     _train(trainer)
     metrics: dict[str, Any] = {"train_seconds": round(time.perf_counter() - start, 1)}
     for index, domain in enumerate(args.domains):
-        val = CachedMapsDataset(caches[domain, "val"], _labels(benchmark.domains[domain]["val"]), index, names)
+        val = CachedMapsDataset(
+            caches[domain, "val"], _labels(benchmark.domains[domain]["val"]), index, names
+        )
         metrics[f"{domain}/val/top1"] = joint_teacher_accuracy(model, val, args.eval_batch_size)
     _finish(model, folder, metrics)
     logger.info("stage 3: joint teacher %s", metrics)
@@ -595,7 +660,9 @@ def _normalizer(mean: Sequence[float], std: Sequence[float]) -> Callable[[torch.
     return lambda pixels: (pixels - mean_tensor) / std_tensor
 
 
-def export_student(student: MlfdClassifierModel, folder: Path, metrics: dict[str, Any], args: MlfdArguments) -> Path:
+def export_student(
+    student: MlfdClassifierModel, folder: Path, metrics: dict[str, Any], args: MlfdArguments
+) -> Path:
     """Save a student as a self-contained universal embedder with its model card.
 
     Args:
@@ -606,7 +673,9 @@ def export_student(student: MlfdClassifierModel, folder: Path, metrics: dict[str
     """
     domain = student.config.dataset
     retrieval = {
-        f"separate/{domain}/{key.split('/', 1)[1]}": value for key, value in metrics.items() if key.startswith("test/")
+        f"separate/{domain}/{key.split('/', 1)[1]}": value
+        for key, value in metrics.items()
+        if key.startswith("test/")
     }
     card = dict(
         method="mlfd",
@@ -617,10 +686,14 @@ def export_student(student: MlfdClassifierModel, folder: Path, metrics: dict[str
         hyperparameters={
             key: value
             for key, value in asdict(args).items()
-            if key in ("alpha", "beta", "gamma", "temperature", "student_epochs", "student_learning_rate", "seed")
+            if key
+            in ("alpha", "beta", "gamma", "temperature", "student_epochs", "student_learning_rate", "seed")
         },
     )
-    return save_embedder(student.to_embedder(), folder, card=card)
+    if PartialState().is_main_process:
+        save_embedder(student.to_embedder(), folder, card=card)
+    PartialState().wait_for_everyone()
+    return folder
 
 
 # --------------------------------------------------------------------------------------------------- main
@@ -638,18 +711,23 @@ def run_mlfd(args: MlfdArguments) -> dict[str, Any]:
     start = time.perf_counter()
     benchmark = load_benchmark(args.benchmark_path, domains=args.domains)
     teachers = stage1_teachers(args, benchmark)
-    caches = stage2_cache(args, benchmark, teachers)
+    # The main process builds the caches; the others then find them complete and load them.
+    with PartialState().main_process_first():
+        caches = stage2_cache(args, benchmark, teachers)
     joint = stage3_joint_teacher(args, benchmark, teachers, caches)
     students = stage4_students(args, benchmark, joint, caches)
     output = Path(args.output_dir)
     results = {
-        "teachers": {d: json.loads((output / "teachers" / d / METRICS_FILE).read_text()) for d in args.domains},
+        "teachers": {
+            d: json.loads((output / "teachers" / d / METRICS_FILE).read_text()) for d in args.domains
+        },
         "joint_teacher": json.loads((output / "joint_teacher" / METRICS_FILE).read_text()),
         "students": students,
         "seconds": round(time.perf_counter() - start, 1),
         "arguments": asdict(args),
     }
-    _write_json(output / "results.json", results)
+    if PartialState().is_main_process:
+        _write_json(output / "results.json", results)
     return results
 
 

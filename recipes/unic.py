@@ -11,6 +11,7 @@ the teachers run at every step on freshly augmented views.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -60,6 +61,7 @@ class UnicRecipeArguments:
             split ``train_split``); the benchmark then serves only for evaluation (skipped if it is absent).
         train_split: split of ``train_dataset``.
         max_train_per_domain: keep at most this many training images per domain (a seeded subset).
+        subset_seed: seed of that subset (fixed apart from the training seed, so seeds share one cache).
         student_backbone / student_kwargs: the timm ViT student and its ``create_model`` arguments.
         drop_path_rate: stochastic depth of the student.
         ladder_blocks: student blocks feeding the projector ladders (default all).
@@ -70,6 +72,8 @@ class UnicRecipeArguments:
             dtype and directory (default ``$HF_DISTILL_CACHE/unic_features/<spec fingerprint>``).
         eval_batch_size: images per forward pass in evaluation.
         knn_k: neighbours of the final k-NN probe (UNIC: 20).
+        knn_max_index_per_domain: cap the k-NN index (the ``train`` split) at this many images per domain, a
+            subset fixed by seed 0 so that every model is probed on the same index (quick sweeps).
         export_dir: where the embedder is exported (default ``<output_dir>/embedder``).
     """
 
@@ -80,6 +84,7 @@ class UnicRecipeArguments:
     train_dataset: str | None = None
     train_split: str = "train"
     max_train_per_domain: int | None = None
+    subset_seed: int = 0
     student_backbone: str = "vit_tiny_patch16_224"
     student_kwargs: dict | None = field(default=None)
     drop_path_rate: float = 0.0
@@ -96,6 +101,7 @@ class UnicRecipeArguments:
     cache_dir: str | None = None
     eval_batch_size: int = 256
     knn_k: int = 20
+    knn_max_index_per_domain: int | None = None
     export_dir: str | None = None
 
 
@@ -110,13 +116,12 @@ def teacher_specs(recipe: UnicRecipeArguments) -> list[TeacherSpec]:
     return specs
 
 
-def training_images(recipe: UnicRecipeArguments, benchmark, seed: int) -> datasets.Dataset:
+def training_images(recipe: UnicRecipeArguments, benchmark) -> datasets.Dataset:
     """The images the student is distilled on (column ``image`` only).
 
     Args:
         recipe: recipe arguments.
         benchmark: the loaded benchmark, or None.
-        seed: seed of the per-domain subset.
     """
     if recipe.train_dataset is not None:
         source = recipe.train_dataset
@@ -131,7 +136,7 @@ def training_images(recipe: UnicRecipeArguments, benchmark, seed: int) -> datase
     for splits in benchmark.domains.values():
         split = splits["train"]
         if recipe.max_train_per_domain is not None and len(split) > recipe.max_train_per_domain:
-            split = split.shuffle(seed=seed).select(range(recipe.max_train_per_domain))
+            split = split.shuffle(seed=recipe.subset_seed).select(range(recipe.max_train_per_domain))
         parts.append(split.select_columns(["image"]))
     return datasets.concatenate_datasets(parts)
 
@@ -170,7 +175,7 @@ def build_train_dataset(
             "train_dataset": recipe.train_dataset,
             "domains": list(benchmark.domains) if benchmark is not None else None,
             "max_train_per_domain": recipe.max_train_per_domain,
-            "subset_seed": args.seed if recipe.max_train_per_domain is not None else None,
+            "subset_seed": recipe.subset_seed if recipe.max_train_per_domain is not None else None,
             "fingerprint": images._fingerprint,
         },
         sort_keys=True,
@@ -208,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if recipe.train_dataset is None or recipe.benchmark is not None:
         benchmark = load_benchmark(recipe.benchmark, recipe.domains)
     teachers = load_teachers(teacher_specs(recipe))
-    images = training_images(recipe, benchmark, args.seed)
+    images = training_images(recipe, benchmark)
     model = build_student(recipe, teachers)
     train_dataset, online_teachers = build_train_dataset(recipe, args, teachers, images, benchmark)
     validation = None
@@ -240,14 +245,41 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     return metrics
 
 
+def knn_benchmark(benchmark, max_index_per_domain: int | None):
+    """The benchmark with each ``train`` split (the k-NN index) cut to a fixed seed-0 subset, or unchanged."""
+    if max_index_per_domain is None:
+        return benchmark
+    domains = {}
+    for name, splits in benchmark.domains.items():
+        splits = datasets.DatasetDict(splits)
+        if len(splits["train"]) > max_index_per_domain:
+            splits["train"] = splits["train"].shuffle(seed=0).select(range(max_index_per_domain))
+        domains[name] = splits
+    return dataclasses.replace(benchmark, domains=domains)
+
+
 def evaluate_embedder(
-    model, benchmark, recipe: UnicRecipeArguments, output_dir: str | None
+    model, benchmark, recipe: UnicRecipeArguments, output_dir: str | None, transform=None
 ) -> dict[str, float]:
-    """Test retrieval (merged and separate) and the k-NN probe (train index, val queries) of one model."""
-    metrics = RetrievalEvaluator(benchmark, split="test", batch_size=recipe.eval_batch_size)(
-        model, output_path=output_dir
+    """Test retrieval (merged and separate) and the k-NN probe (train index, val queries) of one model.
+
+    Args:
+        model: called as ``model(pixel_values=...)``.
+        benchmark: the loaded benchmark.
+        recipe: supplies ``eval_batch_size``, ``knn_k`` and ``knn_max_index_per_domain``.
+        output_dir: where the evaluators write their result files (None: nowhere).
+        transform: image → tensor; default from the model's config.
+    """
+    retrieval = RetrievalEvaluator(
+        benchmark, split="test", transform=transform, batch_size=recipe.eval_batch_size
     )
-    knn = KNNClassificationEvaluator(benchmark, k=recipe.knn_k, batch_size=recipe.eval_batch_size)
+    metrics = retrieval(model, output_path=output_dir)
+    knn = KNNClassificationEvaluator(
+        knn_benchmark(benchmark, recipe.knn_max_index_per_domain),
+        k=recipe.knn_k,
+        transform=transform,
+        batch_size=recipe.eval_batch_size,
+    )
     metrics.update(knn(model, output_path=output_dir))
     logger.info(
         "test merged/mean/R@1 = %.4f, k-NN top-1 = %.4f", metrics["merged/mean/R@1"], metrics["knn/mean/top1"]

@@ -31,6 +31,8 @@ import pytest
 
 from hf_distill.hub.testing import LocalHubServer, use_local_hub
 
+__all__ = ["hub_server"]
+
 
 class _TimeWithoutSleep:
     """Stands in for the ``time`` module inside huggingface_hub's HTTP helpers: no waiting between retries."""

@@ -11,7 +11,11 @@ from safetensors import safe_open
 from hf_distill.cli import main
 from hf_distill.data.decoding import ImageDecodeError
 from hf_distill.hub import save_embedder
-from hf_distill.models.embedder import UniversalEmbedderConfig, UniversalEmbedderImageProcessor, UniversalEmbedderModel
+from hf_distill.models.embedder import (
+    UniversalEmbedderConfig,
+    UniversalEmbedderImageProcessor,
+    UniversalEmbedderModel,
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +44,15 @@ def setup(tmp_path_factory):
 def test_embed_skips_bad_files_and_matches_the_model(setup, capsys):
     output = setup["root"] / "out" / "embeddings.safetensors"
     code = main(
-        ["embed", "--model", str(setup["root"] / "model"), "--images", str(setup["images"]), "--output", str(output)]
+        [
+            "embed",
+            "--model",
+            str(setup["root"] / "model"),
+            "--images",
+            str(setup["images"]),
+            "--output",
+            str(output),
+        ]
         + ["--on-bad-image", "skip", "--batch-size", "2"]
     )
     assert code == 0 and "wrote 3 embeddings of dimension 8" in capsys.readouterr().out

@@ -13,7 +13,11 @@ import torch
 from PIL import Image
 
 from hf_distill.hub import save_embedder
-from hf_distill.models.embedder import UniversalEmbedderConfig, UniversalEmbedderImageProcessor, UniversalEmbedderModel
+from hf_distill.models.embedder import (
+    UniversalEmbedderConfig,
+    UniversalEmbedderImageProcessor,
+    UniversalEmbedderModel,
+)
 
 pytestmark = pytest.mark.slow
 

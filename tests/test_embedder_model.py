@@ -126,7 +126,12 @@ def test_transformers_backbone_token_pooling_and_round_trip(tmp_path, pixels):
         backbone="vit",
         backbone_source="transformers",
         backbone_kwargs=dict(
-            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
         ),
         image_size=32,
         embed_dim=8,
@@ -140,7 +145,9 @@ def test_transformers_backbone_token_pooling_and_round_trip(tmp_path, pixels):
     model.save_pretrained(tmp_path)
     assert AutoConfig.from_pretrained(tmp_path).backbone_source == "transformers"
     with torch.no_grad():
-        torch.testing.assert_close(AutoModel.from_pretrained(tmp_path).eval()(pixels).embeddings, output.embeddings)
+        torch.testing.assert_close(
+            AutoModel.from_pretrained(tmp_path).eval()(pixels).embeddings, output.embeddings
+        )
 
 
 def test_missing_pretrained_file_is_named(tmp_path):

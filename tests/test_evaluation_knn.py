@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hf_distill.evaluation import knn_search
-from hf_distill.evaluation.knn import faiss_available
+from hf_distill.evaluation.knn import as_unit_float32, faiss_available
 
 BACKENDS = [
     "torch",
@@ -88,6 +88,17 @@ def test_faiss_torch_and_chunked_search_agree_on_random_data():
     similarity[rows, exclude[rows]] = -torch.inf
     np.testing.assert_array_equal(full_ids, similarity.argsort(dim=1, descending=True, stable=True)[:, :10])
     assert not (full_ids == exclude.numpy()[:, None]).any()
+
+
+def test_unit_rows_are_not_copied():
+    unit_rows = torch.nn.functional.normalize(torch.randn(50, 8), dim=1)
+    assert as_unit_float32(unit_rows).data_ptr() == unit_rows.data_ptr()
+    other = torch.randn(50, 8)
+    normalised = as_unit_float32(other)
+    assert normalised.data_ptr() != other.data_ptr()
+    torch.testing.assert_close(normalised.norm(dim=1), torch.ones(50))
+    # A zero row stays zero rather than becoming NaN.
+    assert as_unit_float32(torch.zeros(1, 3)).abs().sum() == 0
 
 
 def test_bad_inputs():

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from datasets import Dataset
 from huggingface_hub import ModelCard
-from transformers import TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from hf_distill.hub import (
     METHODS,
@@ -35,7 +36,12 @@ LOG_HISTORY = [
 @pytest.fixture(scope="module")
 def model() -> UniversalEmbedderModel:
     config = UniversalEmbedderConfig(
-        backbone="resnet10t", backbone_kwargs={}, image_size=32, embed_dim=8, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        backbone="resnet10t",
+        backbone_kwargs={},
+        image_size=32,
+        embed_dim=8,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
     )
     return UniversalEmbedderModel(config).eval()
 
@@ -48,7 +54,9 @@ def test_parse_retrieval_metrics_groups_and_ignores_other_keys():
         "mean": {"R@1": 0.625, "mP@5": 0.4375},
     }
     assert grouped["separate"] == {"digits": {"R@1": 0.875}, "mean": {"R@1": 0.875}}
-    assert parse_retrieval_metrics({"merged/cars/R@1": 0.1, "loss": 3.0}) == {"merged": {"cars": {"R@1": 0.1}}}
+    assert parse_retrieval_metrics({"merged/cars/R@1": 0.1, "loss": 3.0}) == {
+        "merged": {"cars": {"R@1": 0.1}}
+    }
 
 
 def test_card_metadata_model_index_and_body(model, tmp_path):
@@ -82,9 +90,13 @@ def test_card_metadata_model_index_and_body(model, tmp_path):
     }
     text = str(card)
     assert "| digits | 50.00 | 25.00 | 87.50 | – |" in text
-    assert "| learning_rate | 0.001 |" in text and "hub_token" not in text and "hf_should_not_appear" not in text
+    assert (
+        "| learning_rate | 0.001 |" in text and "hub_token" not in text and "hf_should_not_appear" not in text
+    )
     assert "`resnet10t-digits`, `resnet10t-photos`" in text and "NeurIPS" in text
-    assert 'AutoModel.from_pretrained("tester/udon-tiny", trust_remote_code=True)' in extract_usage_snippet(card)
+    assert 'AutoModel.from_pretrained("tester/udon-tiny", trust_remote_code=True)' in extract_usage_snippet(
+        card
+    )
     for name in ("training_curves.png", "per_domain_results.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in text
     # The card text round-trips through huggingface_hub's parser.
@@ -92,12 +104,17 @@ def test_card_metadata_model_index_and_body(model, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("method", "venue", "year"), [("udon", "NeurIPS", "2024"), ("unic", "ECCV", "2024"), ("mlfd", "WACV", "2025")]
+    ("method", "venue", "year"),
+    [("udon", "NeurIPS", "2024"), ("unic", "ECCV", "2024"), ("mlfd", "WACV", "2025")],
 )
 def test_each_method_cites_its_paper(model, method, venue, year):
     text = str(build_model_card(model, method=method))
     citation = text.split("```bibtex")[1].split("```")[0]
-    assert citation.strip().startswith("@inproceedings{") and venue in citation and f"year      = {{{year}}}" in citation
+    assert (
+        citation.strip().startswith("@inproceedings{")
+        and venue in citation
+        and f"year      = {{{year}}}" in citation
+    )
     assert METHODS[method].title.split(" ")[0] in text
 
 
@@ -109,10 +126,18 @@ def test_baseline_card_without_metrics_or_training(model):
 
 def test_training_arguments_become_hyperparameters_without_tokens(model, tmp_path):
     args = TrainingArguments(
-        output_dir=str(tmp_path), learning_rate=3e-4, per_device_train_batch_size=16, max_steps=5, hub_token="hf_xyz"
+        output_dir=str(tmp_path),
+        learning_rate=3e-4,
+        per_device_train_batch_size=16,
+        max_steps=5,
+        hub_token="hf_xyz",
     )
     values = hyperparameters_from_training_args(args)
-    assert values["learning_rate"] == 3e-4 and values["per_device_train_batch_size"] == 16 and values["max_steps"] == 5
+    assert (
+        values["learning_rate"] == 3e-4
+        and values["per_device_train_batch_size"] == 16
+        and values["max_steps"] == 5
+    )
     text = str(build_model_card(model, method="unic", hyperparameters=args))
     assert "| per_device_train_batch_size | 16 |" in text and "hf_xyz" not in text
 
@@ -131,9 +156,48 @@ def test_unknown_method_is_named(model):
 def test_usage_snippet_runs_against_a_saved_model(model, tmp_path):
     from hf_distill.hub import save_embedder
 
-    folder = save_embedder(model, tmp_path / "model", card=dict(method="baseline", repo_id=str(tmp_path / "model")))
+    folder = save_embedder(
+        model, tmp_path / "model", card=dict(method="baseline", repo_id=str(tmp_path / "model"))
+    )
     namespace: dict = {}
     exec(extract_usage_snippet((folder / "README.md").read_text()), namespace)
     embeddings = namespace["embeddings"]
     assert embeddings.shape == (1, 8)
     torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(1))
+
+
+class _FirstCoordinateTrainer(Trainer):
+    """Minimises the first embedding coordinate: just enough of a loss to produce a real log_history."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        return model(pixel_values=inputs["pixel_values"]).embeddings[:, 0].mean()
+
+
+def test_training_curves_from_a_real_trainer_log_history(model, tmp_path):
+    data = Dataset.from_dict({"pixel_values": torch.randn(8, 3, 32, 32).tolist()}).with_format("torch")
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        max_steps=3,
+        logging_steps=1,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        remove_unused_columns=False,
+    )
+    trainer = _FirstCoordinateTrainer(
+        model=UniversalEmbedderModel(model.config), args=args, train_dataset=data
+    )
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 3
+    card = build_model_card(
+        trainer.model,
+        method="udon",
+        hyperparameters=args,
+        log_history=trainer.state.log_history,
+        plots_dir=tmp_path,
+    )
+    assert (tmp_path / "training_curves.png").stat().st_size > 1000 and "](training_curves.png)" in str(card)
+    assert "| max_steps | 3 |" in str(card)

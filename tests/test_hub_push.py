@@ -17,7 +17,12 @@ from transformers import AutoImageProcessor, AutoModel
 from hf_distill.hub import HubPushError, extract_usage_snippet, push_embedder, save_embedder
 from hf_distill.models.embedder import UniversalEmbedderConfig, UniversalEmbedderModel
 
-METRICS = {"merged/digits/R@1": 0.5, "merged/digits/mP@5": 0.25, "merged/mean/R@1": 0.5, "merged/mean/mP@5": 0.25}
+METRICS = {
+    "merged/digits/R@1": 0.5,
+    "merged/digits/mP@5": 0.25,
+    "merged/mean/R@1": 0.5,
+    "merged/mean/mP@5": 0.25,
+}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +68,9 @@ def test_push_then_load_by_repo_id(model, hub_server, tmp_path, caplog):
 
     card = ModelCard.load(repo_id)
     card.validate()  # POST /api/validate-yaml on the local server
-    assert card.data.pipeline_tag == "image-feature-extraction" and card.data.eval_results[0].metric_value == 0.5
+    assert (
+        card.data.pipeline_tag == "image-feature-extraction" and card.data.eval_results[0].metric_value == 0.5
+    )
     for stored in (hub_server.root / repo_id).rglob("*"):
         if stored.is_file():
             assert hub_server.token.encode() not in stored.read_bytes(), stored.name
@@ -131,5 +138,7 @@ def test_card_snippet_runs_in_a_fresh_process_against_the_hub(model, hub_server,
 
     image = Image.new("RGB", (64, 48), color=(200, 120, 40))
     with torch.no_grad():
-        expected = model(**UniversalEmbedderImageProcessor.from_model_config(model.config)(image, return_tensors="pt"))
+        expected = model(
+            **UniversalEmbedderImageProcessor.from_model_config(model.config)(image, return_tensors="pt")
+        )
     torch.testing.assert_close(torch.tensor(out["embeddings"]), expected.embeddings, rtol=0, atol=1e-5)

@@ -5,7 +5,11 @@ import math
 import pytest
 import torch
 
-from hf_distill.losses.multilevel import MultiLevelDistillationLoss, feature_map_mse, multi_level_distillation_loss
+from hf_distill.losses.multilevel import (
+    MultiLevelDistillationLoss,
+    feature_map_mse,
+    multi_level_distillation_loss,
+)
 
 
 def _log_softmax_pair(a: float, b: float) -> tuple[float, float]:
@@ -33,7 +37,9 @@ def test_cross_entropy_term():
 
 
 def test_soft_cross_entropy_term_carries_t_squared():
-    losses = multi_level_distillation_loss(STUDENT_LOGITS, LABELS, TEACHER_LOGITS, betas=(), gamma=0.0, alpha=1.0)
+    losses = multi_level_distillation_loss(
+        STUDENT_LOGITS, LABELS, TEACHER_LOGITS, betas=(), gamma=0.0, alpha=1.0
+    )
     assert losses["soft_ce"].item() == pytest.approx(SOFT_CE, rel=1e-6)
     assert SOFT_CE == pytest.approx(4.177264, rel=1e-5)
     assert losses["loss"].item() == pytest.approx(SOFT_CE, rel=1e-6)
@@ -71,7 +77,9 @@ def test_teacher_side_receives_no_gradient():
     teacher_logits = TEACHER_LOGITS.clone().requires_grad_()
     student_map = torch.zeros(1, 1, 2, 2, requires_grad=True)
     teacher_map = torch.ones(1, 1, 2, 2, requires_grad=True)
-    losses = multi_level_distillation_loss(student_logits, LABELS, teacher_logits, [student_map], [teacher_map])
+    losses = multi_level_distillation_loss(
+        student_logits, LABELS, teacher_logits, [student_map], [teacher_map]
+    )
     losses["loss"].backward()
     assert teacher_logits.grad is None and teacher_map.grad is None
     # d/ds of 0.2 * mean((s - 1)^2) over 4 cells = 0.2 * 2 * (s - 1) / 4 = -0.1 at s = 0.

@@ -57,7 +57,9 @@ def test_align_spatial_pools_down_and_interpolates_up():
     grid = torch.arange(16.0).reshape(1, 1, 4, 4)
     pooled = align_spatial(grid, (2, 2))
     torch.testing.assert_close(pooled[0, 0], torch.tensor([[2.5, 4.5], [10.5, 12.5]]))
-    torch.testing.assert_close(align_spatial(torch.full((1, 2, 1, 1), 3.0), (2, 2)), torch.full((1, 2, 2, 2), 3.0))
+    torch.testing.assert_close(
+        align_spatial(torch.full((1, 2, 1, 1), 3.0), (2, 2)), torch.full((1, 2, 2, 2), 3.0)
+    )
     assert align_spatial(grid, (4, 4)) is grid
 
 
@@ -73,7 +75,9 @@ def test_classifier_feature_maps_of_a_cnn_and_a_vit(vit_teacher, cnn_teacher):
     torch.testing.assert_close(cnn_out.logits, cnn_teacher(pixels).logits)
     torch.testing.assert_close(cnn_teacher.feature_maps(pixels)[0], cnn_out.feature_maps[0])
     labels = torch.tensor([0, 2])
-    torch.testing.assert_close(cnn_teacher(pixels, labels=labels).loss, F.cross_entropy(cnn_out.logits, labels))
+    torch.testing.assert_close(
+        cnn_teacher(pixels, labels=labels).loss, F.cross_entropy(cnn_out.logits, labels)
+    )
 
 
 def test_student_adaptor_only_when_channels_differ():

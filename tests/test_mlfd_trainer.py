@@ -8,7 +8,12 @@ from PIL import Image
 from transformers import TrainingArguments
 
 from hf_distill.losses.multilevel import multi_level_distillation_loss
-from hf_distill.models.mlfd import JointTeacherConfig, JointTeacherModel, MlfdClassifierConfig, MlfdClassifierModel
+from hf_distill.models.mlfd import (
+    JointTeacherConfig,
+    JointTeacherModel,
+    MlfdClassifierConfig,
+    MlfdClassifierModel,
+)
 from hf_distill.teachers.cache import FeatureCacheSpec, build_feature_cache, transform_view, view_seed
 from hf_distill.trainers.mlfd import CachedMapsDataset, CachedTargetsDataset, MlfdTrainer, map_column
 
@@ -32,7 +37,11 @@ def _random_roll(image: Image.Image) -> torch.Tensor:
 def _student(distill_channels=(8,)) -> MlfdClassifierModel:
     torch.manual_seed(0)
     config = MlfdClassifierConfig(
-        backbone="resnet10t", image_size=32, num_classes=3, dataset="toy", distill_channels=list(distill_channels)
+        backbone="resnet10t",
+        image_size=32,
+        num_classes=3,
+        dataset="toy",
+        distill_channels=list(distill_channels),
     )
     return MlfdClassifierModel(config)
 
@@ -55,9 +64,13 @@ def _joint() -> JointTeacherModel:
 
 def _cache(tmp_path, views: int = 1) -> datasets.Dataset:
     # The "teacher map" is the view's pixels themselves, so the cache shows exactly which view was stored.
-    spec = FeatureCacheSpec(teacher="pixels", layer="input", views=views, augmentation="roll" if views > 1 else None)
+    spec = FeatureCacheSpec(
+        teacher="pixels", layer="input", views=views, augmentation="roll" if views > 1 else None
+    )
     transform = _random_roll if views > 1 else _to_tensor
-    return build_feature_cache(_source(), lambda x: {map_column("toy"): x}, transform, spec, tmp_path / "c", seed=3)
+    return build_feature_cache(
+        _source(), lambda x: {map_column("toy"): x}, transform, spec, tmp_path / "c", seed=3
+    )
 
 
 def _args(tmp_path) -> TrainingArguments:
@@ -85,7 +98,9 @@ def test_student_sees_exactly_the_cached_view(tmp_path):
         item = dataset[index]
         assert item["labels"] == (index // 2) % 3 and item["domain_ids"] == 1
         torch.testing.assert_close(item["pixel_values"], item[map_column("toy")].float(), atol=1e-6, rtol=0)
-        expected = transform_view(_random_roll, _source()[index // 2]["image"], view_seed(3, index // 2, index % 2))
+        expected = transform_view(
+            _random_roll, _source()[index // 2]["image"], view_seed(3, index // 2, index % 2)
+        )
         torch.testing.assert_close(item["pixel_values"], expected)
         shifts.add(int((item["pixel_values"] != _to_tensor(_source()[index // 2]["image"])).any()))
     assert 1 in shifts  # the views are augmented, not all the plain image
@@ -133,7 +148,9 @@ def test_stage1_and_stage3_losses(tmp_path):
     trainer = MlfdTrainer(model=joint, args=_args(tmp_path), train_dataset=dataset)
     batch = trainer.data_collator([dataset[i] for i in range(3)])
     losses = trainer.compute_losses(joint, batch)
-    expected = joint(teacher_maps=[batch[map_column("toy")]], domain_ids=batch["domain_ids"], labels=batch["labels"])
+    expected = joint(
+        teacher_maps=[batch[map_column("toy")]], domain_ids=batch["domain_ids"], labels=batch["labels"]
+    )
     torch.testing.assert_close(losses["loss"], expected.loss)
 
 
@@ -144,7 +161,9 @@ def test_rejects_a_student_that_does_not_fit_the_joint_teacher(tmp_path):
     with pytest.raises(ValueError, match="no head in the joint teacher"):
         MlfdTrainer(model=student, args=_args(tmp_path), train_dataset=[], joint_teacher=_joint())
     two_levels = MlfdClassifierModel(
-        MlfdClassifierConfig(backbone="resnet10t", image_size=32, num_classes=3, dataset="toy", feature_levels=[-2, -1])
+        MlfdClassifierConfig(
+            backbone="resnet10t", image_size=32, num_classes=3, dataset="toy", feature_levels=[-2, -1]
+        )
     )
     with pytest.raises(ValueError, match="1 fused map"):
         MlfdTrainer(model=two_levels, args=_args(tmp_path), train_dataset=[], joint_teacher=_joint())

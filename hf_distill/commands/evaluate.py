@@ -184,6 +184,8 @@ def format_table(metrics: dict[str, float], protocols: list[str], map_k: int = 5
 
 def run(args: argparse.Namespace) -> int:
     """Score the chosen source, print the table and write the JSON."""
+    # faiss reports its CPU-feature probing at INFO level, which would bury the table.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     if args.embeddings is not None:
         if args.save_embeddings is not None:
             raise ValueError("--save-embeddings needs --model: the --embeddings file already holds them")

@@ -23,7 +23,9 @@ logger = logging.getLogger(__name__)
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_cards" / "embedder_card.md.j2"
 TRAINING_CURVES_PNG = "training_curves.png"
 PER_DOMAIN_PNG = "per_domain_results.png"
-METRIC_KEY = re.compile(r"(?:^|[_/])(?P<protocol>merged|separate)/(?P<domain>[^/]+)/(?P<metric>R@1|mP@5|mAP@5)$")
+METRIC_KEY = re.compile(
+    r"(?:^|[_/])(?P<protocol>merged|separate)/(?P<domain>[^/]+)/(?P<metric>R@1|mP@5|mAP@5)$"
+)
 METRIC_TYPES = {"R@1": "recall_at_1", "mP@5": "mean_precision_at_5", "mAP@5": "mean_average_precision_at_5"}
 # Keys of training arguments that are bookkeeping or secrets, never shown on a card.
 SECRET_KEY = re.compile(r"token|secret|password|api_key", re.IGNORECASE)
@@ -120,7 +122,7 @@ def parse_retrieval_metrics(metrics: Mapping[str, Any]) -> dict[str, dict[str, d
             continue
         protocol, domain, metric = match.group("protocol", "domain", "metric")
         grouped.setdefault(protocol, {}).setdefault(domain, {})[metric] = float(value)
-    for protocol, domains in grouped.items():
+    for domains in grouped.values():
         if "mean" in domains:
             domains["mean"] = domains.pop("mean")
     return grouped
@@ -143,7 +145,10 @@ def _clean_hyperparameters(hyperparameters: Mapping[str, Any] | Any | None) -> d
 
 
 def _eval_results(
-    grouped: Mapping[str, Mapping[str, Mapping[str, float]]], benchmark_name: str, benchmark_type: str, split: str
+    grouped: Mapping[str, Mapping[str, Mapping[str, float]]],
+    benchmark_name: str,
+    benchmark_type: str,
+    split: str,
 ) -> list[EvalResult]:
     results = []
     for domain, values in grouped.get("merged", {}).items():
@@ -307,7 +312,9 @@ def build_model_card(
     info = METHODS[method]
     config = getattr(model, "config", model)
     feature_dim = getattr(model, "feature_dim", None)
-    model_name = model_name or (repo_id.rstrip("/").split("/")[-1] if repo_id else f"{method}-universal-embedder")
+    model_name = model_name or (
+        repo_id.rstrip("/").split("/")[-1] if repo_id else f"{method}-universal-embedder"
+    )
     repo_id = repo_id or model_name
     grouped = parse_retrieval_metrics(metrics or {})
     hyperparameters = _clean_hyperparameters(hyperparameters)
@@ -329,7 +336,8 @@ def build_model_card(
         {
             "domain": f"**{domain}**" if domain == "mean" else domain,
             "values": [
-                f"{100 * grouped[p][domain][m]:.2f}" if m in grouped[p].get(domain, {}) else "–" for p, m in columns
+                f"{100 * grouped[p][domain][m]:.2f}" if m in grouped[p].get(domain, {}) else "–"
+                for p, m in columns
             ],
         }
         for domain in domain_names

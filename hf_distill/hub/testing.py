@@ -303,12 +303,16 @@ class LocalHubServer:
         payload = json.loads(body or b"{}")
         namespace = payload.get("organization") or self.user
         if namespace != self.user:
-            raise _HubError(403, f"You don't have the rights to create a model under the namespace {namespace}")
+            raise _HubError(
+                403, f"You don't have the rights to create a model under the namespace {namespace}"
+            )
         repo_id = f"{namespace}/{payload['name']}"
         with self._lock:
             if repo_id in self._repos:
                 # Like the Hub, the conflict answer still carries the repository URL (create_repo reads it).
-                raise _HubError(409, "You already created this model repo", "RepoExists", {"url": f"{self.url}/{repo_id}"})
+                raise _HubError(
+                    409, "You already created this model repo", "RepoExists", {"url": f"{self.url}/{repo_id}"}
+                )
             private = payload.get("private") or payload.get("visibility") == "private"
             self._repos[repo_id] = _Repo(repo_id=repo_id, private=bool(private))
             (self.root / repo_id).mkdir(parents=True, exist_ok=True)
@@ -354,7 +358,9 @@ class LocalHubServer:
                 folders.add((f"{prefix}/" if prefix else "") + rest.split("/")[0])
                 continue
             entries.append(self._file_entry(repo.repo_id, path))
-        entries += [{"type": "directory", "path": folder, "size": 0, "oid": "0" * 40} for folder in sorted(folders)]
+        entries += [
+            {"type": "directory", "path": folder, "size": 0, "oid": "0" * 40} for folder in sorted(folders)
+        ]
         handler.send_json(entries)
 
     def _route_paths_info(self, handler, method, groups, body, query) -> None:
@@ -421,7 +427,9 @@ class LocalHubServer:
                 digest.update(path.encode() + additions[path])
             sha = digest.hexdigest()
             repo.commits.append(sha)
-        handler.send_json({"commitUrl": f"{self.url}/{repo.repo_id}/commit/{sha}", "commitOid": sha, "success": True})
+        handler.send_json(
+            {"commitUrl": f"{self.url}/{repo.repo_id}/commit/{sha}", "commitOid": sha, "success": True}
+        )
 
     def _route_resolve(self, handler, method, groups, body, query) -> None:
         repo = self._repo(groups["repo"], handler.headers.get("Authorization") is not None)
@@ -431,7 +439,11 @@ class LocalHubServer:
             raise _HubError(404, f"Entry {path} not found in {repo.repo_id}", "EntryNotFound")
         data = file.read_bytes()
         sha = repo.commits[-1] if repo.commits else "0" * 40
-        headers = {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha1(data).hexdigest()}"', "Accept-Ranges": "none"}
+        headers = {
+            "X-Repo-Commit": sha,
+            "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
+            "Accept-Ranges": "none",
+        }
         handler._send(200, data, "application/octet-stream", headers, head=method == "HEAD")
 
 

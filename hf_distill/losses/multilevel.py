@@ -69,9 +69,13 @@ def multi_level_distillation_loss(
         ``{"loss", "ce", "soft_ce", "mse_0", "mse_1", …}`` (``soft_ce`` / ``mse_c`` only for the terms present).
     """
     if len(student_maps) != len(teacher_maps):
-        raise ValueError(f"{len(student_maps)} student maps for {len(teacher_maps)} fused maps; give one per level")
+        raise ValueError(
+            f"{len(student_maps)} student maps for {len(teacher_maps)} fused maps; give one per level"
+        )
     if len(betas) != len(teacher_maps):
-        raise ValueError(f"{len(betas)} beta weights for {len(teacher_maps)} distilled levels; give one per level")
+        raise ValueError(
+            f"{len(betas)} beta weights for {len(teacher_maps)} distilled levels; give one per level"
+        )
     ce = F.cross_entropy(student_logits, labels)
     losses = {"ce": ce}
     total = gamma * ce
@@ -98,7 +102,11 @@ class MultiLevelDistillationLoss(nn.Module):
     """
 
     def __init__(
-        self, alpha: float = 0.6, beta: float | Sequence[float] = 0.2, gamma: float = 0.2, temperature: float = 2.0
+        self,
+        alpha: float = 0.6,
+        beta: float | Sequence[float] = 0.2,
+        gamma: float = 0.2,
+        temperature: float = 2.0,
     ) -> None:
         super().__init__()
         if temperature <= 0:

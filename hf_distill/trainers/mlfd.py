@@ -174,7 +174,9 @@ class MlfdTrainer(DistillationTrainer):
     @staticmethod
     def _check_student_matches(student: nn.Module, joint_teacher: JointTeacherModel) -> None:
         if not isinstance(student, MlfdClassifierModel):
-            raise TypeError(f"a joint teacher distils into an MlfdClassifierModel, got {type(student).__name__}")
+            raise TypeError(
+                f"a joint teacher distils into an MlfdClassifierModel, got {type(student).__name__}"
+            )
         levels = joint_teacher.config.fusion_levels + 1
         if len(student.config.feature_levels) != levels:
             raise ValueError(
@@ -212,7 +214,8 @@ class MlfdTrainer(DistillationTrainer):
         joint_config = self.joint_teacher.config
         with torch.no_grad():
             teacher = self.joint_teacher(
-                teacher_maps=self._teacher_maps(inputs, joint_config.teacher_names), domain_ids=inputs["domain_ids"]
+                teacher_maps=self._teacher_maps(inputs, joint_config.teacher_names),
+                domain_ids=inputs["domain_ids"],
             )
         num_classes = joint_config.num_classes[joint_config.datasets.index(unwrapped.config.dataset)]
         output = model(pixel_values=inputs["pixel_values"], output_feature_maps=True)

@@ -49,7 +49,9 @@ class _TransformersBackbone(nn.Module):
     def __init__(self, model: nn.Module, pooling: str) -> None:
         super().__init__()
         if pooling not in ("default", "token", "avg"):
-            raise ValueError(f"pooling={pooling!r} is not supported for transformers backbones; use token or avg")
+            raise ValueError(
+                f"pooling={pooling!r} is not supported for transformers backbones; use token or avg"
+            )
         self.model = model
         self.pooling = pooling
 
@@ -152,11 +154,16 @@ class UniversalEmbedderPreTrainedModel(PreTrainedModel):
     def get_init_context(cls, *args, **kwargs) -> list:
         # Build on the CPU instead of the meta device: the backbone's own constructor computes buffers
         # (e.g. relative-position indices) that the checkpoint does not hold and _init_weights cannot rebuild.
-        return [context for context in super().get_init_context(*args, **kwargs) if context != torch.device("meta")]
+        return [
+            context
+            for context in super().get_init_context(*args, **kwargs)
+            if context != torch.device("meta")
+        ]
 
     def _init_weights(self, module: nn.Module) -> None:
-        # The backbone keeps the initialisation (or pretrained weights) its library gave it; only the head is
-        # (re)initialised here, with PyTorch's default Linear initialisation.
+        # The backbone keeps the initialisation (or pretrained weights) its library gave it. Only the head is
+        # initialised here (PyTorch's default Linear init): from_pretrained leaves a head missing from the
+        # checkpoint as uninitialised memory otherwise.
         if isinstance(module, nn.Linear) and module is getattr(self, "head", None):
             module.reset_parameters()
 
@@ -221,4 +228,9 @@ class UniversalEmbedderModel(UniversalEmbedderPreTrainedModel):
         return UniversalEmbedderOutput(embeddings=embeddings, backbone_features=features)
 
 
-__all__ = ["UniversalEmbedderModel", "UniversalEmbedderOutput", "UniversalEmbedderPreTrainedModel", "create_backbone"]
+__all__ = [
+    "UniversalEmbedderModel",
+    "UniversalEmbedderOutput",
+    "UniversalEmbedderPreTrainedModel",
+    "create_backbone",
+]

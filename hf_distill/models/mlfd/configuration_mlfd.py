@@ -7,7 +7,11 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-from hf_distill.models.embedder.configuration_embedder import IMAGENET_MEAN, IMAGENET_STD, UniversalEmbedderConfig
+from hf_distill.models.embedder.configuration_embedder import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    UniversalEmbedderConfig,
+)
 
 ACTIVATIONS = ("relu", "gelu", "silu")
 # Fields shared with UniversalEmbedderConfig: they describe the backbone and its preprocessing.
@@ -93,7 +97,9 @@ class MlfdClassifierConfig(PreTrainedConfig):
             overrides: embedder fields to set (e.g. ``embed_dim``).
         """
         values = {name: getattr(self, name) for name in _BACKBONE_FIELDS}
-        values.update(backbone_source="timm", pretrained_file=self.pretrained_file, embed_dim=None, normalize=True)
+        values.update(
+            backbone_source="timm", pretrained_file=self.pretrained_file, embed_dim=None, normalize=True
+        )
         values.update(overrides)
         return UniversalEmbedderConfig(**values)
 
@@ -179,7 +185,9 @@ class JointTeacherConfig(PreTrainedConfig):
         if self.spatial_size is not None:
             return list(self.spatial_size)
         if not self.teacher_grids:
-            raise ValueError("JointTeacherConfig has no teachers; set teacher_names, teacher_channels, teacher_grids")
+            raise ValueError(
+                "JointTeacherConfig has no teachers; set teacher_names, teacher_channels, teacher_grids"
+            )
         return list(min(self.teacher_grids, key=lambda grid: grid[0] * grid[1]))
 
     def teacher_config(self, index: int) -> MlfdClassifierConfig:

@@ -64,7 +64,11 @@ class MlfdPreTrainedModel(PreTrainedModel):
     def get_init_context(cls, *args, **kwargs) -> list:
         # Build on the CPU, not the meta device: timm backbones compute buffers in their constructors that
         # checkpoints do not hold (same reason as UniversalEmbedderModel).
-        return [context for context in super().get_init_context(*args, **kwargs) if context != torch.device("meta")]
+        return [
+            context
+            for context in super().get_init_context(*args, **kwargs)
+            if context != torch.device("meta")
+        ]
 
     def _init_weights(self, module: nn.Module) -> None:
         # Backbones keep their library's initialisation (or pretrained weights); the MLFD layers are initialised
@@ -117,10 +121,14 @@ class MlfdClassifierModel(MlfdPreTrainedModel):
 
     def _run_backbone(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         # One pass yields both the final features (for the head) and the intermediate maps.
-        final, maps = self.backbone.forward_intermediates(pixel_values, indices=list(self.config.feature_levels))
+        final, maps = self.backbone.forward_intermediates(
+            pixel_values, indices=list(self.config.feature_levels)
+        )
         return self.backbone.forward_head(final), list(maps)
 
-    def feature_maps(self, pixel_values: torch.Tensor, levels: Sequence[int] | None = None) -> list[torch.Tensor]:
+    def feature_maps(
+        self, pixel_values: torch.Tensor, levels: Sequence[int] | None = None
+    ) -> list[torch.Tensor]:
         """The backbone's raw maps ``(B, C, H, W)`` at ``levels`` (default ``config.feature_levels``).
 
         Args:
@@ -128,7 +136,9 @@ class MlfdClassifierModel(MlfdPreTrainedModel):
             levels: indices into the backbone's ``forward_intermediates`` levels.
         """
         indices = list(self.config.feature_levels if levels is None else levels)
-        return list(self.backbone.forward_intermediates(pixel_values, indices=indices, intermediates_only=True))
+        return list(
+            self.backbone.forward_intermediates(pixel_values, indices=indices, intermediates_only=True)
+        )
 
     def forward(
         self,
@@ -184,7 +194,9 @@ class JointTeacherOutput(ModelOutput):
     pooled: torch.FloatTensor | None = None
 
 
-def _conv_block(in_channels: int, out_channels: int, kernel: int, stride: int, activation: str) -> nn.Sequential:
+def _conv_block(
+    in_channels: int, out_channels: int, kernel: int, stride: int, activation: str
+) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False),
         nn.BatchNorm2d(out_channels),
@@ -210,13 +222,16 @@ class JointTeacherModel(MlfdPreTrainedModel):
     def __init__(self, config: JointTeacherConfig) -> None:
         super().__init__(config)
         self.adaptors = nn.ModuleList(
-            nn.Sequential(nn.BatchNorm2d(channels), nn.Conv2d(channels, config.adaptor_channels, kernel_size=1))
+            nn.Sequential(
+                nn.BatchNorm2d(channels), nn.Conv2d(channels, config.adaptor_channels, kernel_size=1)
+            )
             for channels in config.teacher_channels
         )
         concat_channels = config.adaptor_channels * len(config.teacher_channels)
         self.fusion = nn.Sequential(nn.BatchNorm2d(concat_channels), _ACTIVATIONS[config.activation]())
         self.fusion_levels = nn.ModuleList(
-            _conv_block(concat_channels, concat_channels, 3, 2, config.activation) for _ in range(config.fusion_levels)
+            _conv_block(concat_channels, concat_channels, 3, 2, config.activation)
+            for _ in range(config.fusion_levels)
         )
         self.outputs = nn.ModuleList(
             _conv_block(concat_channels, config.out_channels, 1, 1, config.activation)
@@ -226,7 +241,9 @@ class JointTeacherModel(MlfdPreTrainedModel):
         self.heads = nn.ModuleList(nn.Linear(config.out_channels, count) for count in config.num_classes)
         self.post_init()
 
-    def _ordered_maps(self, teacher_maps: Sequence[torch.Tensor] | dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    def _ordered_maps(
+        self, teacher_maps: Sequence[torch.Tensor] | dict[str, torch.Tensor]
+    ) -> list[torch.Tensor]:
         names = self.config.teacher_names
         if isinstance(teacher_maps, dict):
             missing = [name for name in names if name not in teacher_maps]
@@ -279,8 +296,12 @@ class JointTeacherModel(MlfdPreTrainedModel):
         hidden = self.dropout(pooled)
         domain_ids = domain_ids.to(hidden.device).long()
         if domain_ids.numel() and int(domain_ids.max()) >= len(self.heads):
-            raise ValueError(f"domain id {int(domain_ids.max())} is out of range for datasets {self.config.datasets}")
-        logits = hidden.new_full((hidden.shape[0], max(self.config.num_classes)), torch.finfo(hidden.dtype).min)
+            raise ValueError(
+                f"domain id {int(domain_ids.max())} is out of range for datasets {self.config.datasets}"
+            )
+        logits = hidden.new_full(
+            (hidden.shape[0], max(self.config.num_classes)), torch.finfo(hidden.dtype).min
+        )
         for domain, head in enumerate(self.heads):
             rows = domain_ids == domain
             if rows.any():
