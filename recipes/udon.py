@@ -227,6 +227,8 @@ def export(
     save_embedder(embedder, export_dir, card=card)
     with open(os.path.join(args.output_dir, "test_metrics.json"), "w") as handle:
         json.dump(metrics, handle, indent=2, sort_keys=True)
+    with open(os.path.join(args.output_dir, "log_history.json"), "w") as handle:
+        json.dump(trainer.state.log_history, handle)
     trainer.add_to_run_summary("test_metrics", metrics)
     trainer.add_to_run_summary("recipe", asdict(recipe))
     trainer.add_to_run_summary("export_dir", export_dir)

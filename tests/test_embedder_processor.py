@@ -73,3 +73,17 @@ def test_from_model_config_and_auto_round_trip(tmp_path):
     assert isinstance(loaded, UniversalEmbedderImageProcessor)
     assert (loaded.image_size, loaded.resize_size, loaded.image_mean, loaded.image_std) == (24, 28, MEAN, STD)
     assert (tmp_path / "image_processing_embedder.py").is_file()
+
+
+def test_nearest_resample_by_hand_and_config_field():
+    # 2x2 grey image upsampled to 4x4 with nearest neighbour: every pixel becomes a 2x2 block.
+    values = np.array([[0, 255], [51, 102]], dtype=np.uint8)
+    config = UniversalEmbedderConfig(
+        image_size=4, resample="nearest", image_mean=[0, 0, 0], image_std=[1, 1, 1]
+    )
+    processor = UniversalEmbedderImageProcessor.from_model_config(config)
+    pixels = processor(Image.fromarray(values, mode="L"), return_tensors="pt").pixel_values[0, 0]
+    expected = np.kron(values.astype(np.float32) / 255.0, np.ones((2, 2), dtype=np.float32))
+    np.testing.assert_allclose(pixels.numpy(), expected, rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="lanczos"):
+        UniversalEmbedderConfig(resample="lanczos")

@@ -201,3 +201,11 @@ def test_training_curves_from_a_real_trainer_log_history(model, tmp_path):
     )
     assert (tmp_path / "training_curves.png").stat().st_size > 1000 and "](training_curves.png)" in str(card)
     assert "| max_steps | 3 |" in str(card)
+
+
+def test_separate_only_metrics_still_fill_the_model_index(model):
+    card = build_model_card(
+        model, method="mlfd", metrics={"separate/digits/R@1": 0.8, "separate/digits/mP@5": 0.7}
+    )
+    results = {(r.dataset_config, r.metric_name): r.metric_value for r in card.data.eval_results}
+    assert results == {("digits", "R@1 (separate)"): 0.8, ("digits", "mP@5 (separate)"): 0.7}

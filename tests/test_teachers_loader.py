@@ -175,3 +175,18 @@ def test_spec_validation(vit_file):
         load_teachers([spec, spec])
     with pytest.raises(TeacherLoadError, match="no config.json"):
         load_teacher(os.path.dirname(path))
+
+
+def test_mlfd_individual_teacher_directory_serves_as_a_teacher(tmp_path):
+    from hf_distill.models.mlfd import MlfdClassifierConfig, MlfdClassifierModel
+
+    config = MlfdClassifierConfig(backbone="resnet10t", num_classes=3, dataset="digits", image_size=64)
+    torch.manual_seed(0)
+    classifier = MlfdClassifierModel(config).eval()
+    classifier.save_pretrained(tmp_path)
+    teacher = load_teacher(str(tmp_path))
+    _assert_frozen(teacher)
+    pixel_values = torch.randn(2, 3, 64, 64)
+    output = teacher(pixel_values)
+    assert output.grid == (2, 2) and output.tokens.shape == (2, 4, 512)
+    torch.testing.assert_close(output.global_features, classifier(pixel_values).pooled_features)

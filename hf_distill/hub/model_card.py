@@ -150,21 +150,24 @@ def _eval_results(
     benchmark_type: str,
     split: str,
 ) -> list[EvalResult]:
+    """Model-index entries: R@1 and mP@5 per domain (and mean) of the merged protocol, else the separate one."""
+    protocol = "merged" if grouped.get("merged") else "separate"
+    index_name = "merged index" if protocol == "merged" else "per-domain index"
     results = []
-    for domain, values in grouped.get("merged", {}).items():
+    for domain, values in grouped.get(protocol, {}).items():
         for metric, value in values.items():
             if metric == "mAP@5":
                 continue
             results.append(
                 EvalResult(
                     task_type="image-feature-extraction",
-                    task_name="Image retrieval (merged index)",
+                    task_name=f"Image retrieval ({index_name})",
                     dataset_type=benchmark_type,
                     dataset_name=f"{benchmark_name} ({domain})",
                     dataset_config=domain,
                     dataset_split=split,
                     metric_type=METRIC_TYPES[metric],
-                    metric_name=f"{metric} (merged)",
+                    metric_name=f"{metric} ({protocol})",
                     metric_value=round(value, 4),
                 )
             )
@@ -289,7 +292,8 @@ def build_model_card(
         method: ``"udon"``, ``"unic"``, ``"mlfd"`` or ``"baseline"`` (title, summary and citation).
         repo_id: the Hub id (or folder) the usage snippet loads; defaults to ``model_name``.
         model_name: card title; defaults to the last part of ``repo_id``.
-        metrics: ``RetrievalEvaluator`` output; merged per-domain R@1 / mP@5 go into the model-index.
+        metrics: ``RetrievalEvaluator`` output; per-domain R@1 / mP@5 of the merged protocol (of the
+            separate one when only that was measured) go into the model-index.
         base_model: Hub id of the checkpoint the backbone started from (metadata ``base_model``).
         teachers: names of the teachers distilled from.
         domains: training domains.

@@ -213,7 +213,7 @@ class FrozenTeacher(nn.Module):
             grid = (features.shape[2], features.shape[3])
             tokens = features.flatten(2).transpose(1, 2)
         else:
-            tokens = features[:, getattr(self.model, "num_prefix_tokens", 1) :]
+            tokens = features[:, getattr(self.model, "num_prefix_tokens", 0) :]
             grid = self._vit_grid(pixel_values, tokens.shape[1])
         return TeacherOutput(global_features=global_features, tokens=tokens, grid=grid)
 
@@ -430,9 +430,12 @@ def _load_hf_distill(spec: TeacherSpec) -> FrozenTeacher:
         model = AutoModel.from_pretrained(str(path))
     except (OSError, ValueError) as error:
         raise TeacherLoadError(f"cannot load the hf_distill model in {path}: {error}") from error
-    # Method models (UNIC student, UDON, MLFD) export the embedder that holds the trained backbone.
-    if hasattr(model, "export_embedder"):
-        model = model.export_embedder()
+    # Method models export the embedder that holds the trained backbone (UNIC student, UDON: export_embedder;
+    # MLFD individual teacher or student: to_embedder).
+    for export in ("export_embedder", "to_embedder"):
+        if hasattr(model, export):
+            model = getattr(model, export)()
+            break
     backbone = getattr(model, "backbone", None)
     if backbone is None:
         raise TeacherLoadError(f"{path}: {type(model).__name__} has no backbone to use as a teacher")

@@ -13,6 +13,7 @@ from transformers import PreTrainedConfig
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 BACKBONE_SOURCES = ("timm", "transformers")
+RESAMPLE_MODES = ("bilinear", "bicubic", "nearest")
 
 
 class UniversalEmbedderConfig(PreTrainedConfig):
@@ -36,6 +37,8 @@ class UniversalEmbedderConfig(PreTrainedConfig):
         resize_size: the shorter image side is resized to this (antialiased bilinear) before the crop;
             ``None`` means ``image_size`` (UDON's evaluation: resize the short side to the crop size).
         image_mean / image_std: per-channel normalisation of the backbone's pretraining.
+        resample: interpolation of the resize (``"bilinear"``, ``"bicubic"``, ``"nearest"``); the
+            evaluation transform of ``hf_distill.data`` is bilinear, so keep the default for identical results.
     """
 
     model_type = "hf_distill_embedder"
@@ -52,6 +55,7 @@ class UniversalEmbedderConfig(PreTrainedConfig):
     resize_size: int | None = None
     image_mean: list[float] | tuple[float, ...] | None = None
     image_std: list[float] | tuple[float, ...] | None = None
+    resample: str = "bilinear"
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.backbone_source not in BACKBONE_SOURCES:
@@ -69,6 +73,8 @@ class UniversalEmbedderConfig(PreTrainedConfig):
             raise ValueError(
                 f"image_mean and image_std need 3 values (RGB), got {self.image_mean} and {self.image_std}"
             )
+        if self.resample not in RESAMPLE_MODES:
+            raise ValueError(f"resample={self.resample!r} is not supported; use one of {RESAMPLE_MODES}")
         if self.resize_size is None:
             self.resize_size = self.image_size
         if self.resize_size < self.image_size:

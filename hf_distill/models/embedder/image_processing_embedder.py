@@ -1,7 +1,7 @@
 """Image processor of the universal embedder: the evaluation preprocessing, saved with every checkpoint.
 
 Any mode → 8-bit RGB (grey replicated, transparency composited on white, 16-bit scaled), antialiased
-bilinear resize of the shorter side to ``resize_size`` (aspect ratio kept), centre crop to ``image_size``,
+(bilinear by default) resize of the shorter side to ``resize_size`` (aspect ratio kept), centre crop to ``image_size``,
 scaling to [0, 1] and per-channel normalisation. It reproduces
 ``hf_distill.data.transforms.ImageTransform(train=False)`` exactly (same torchvision operations).
 
@@ -19,6 +19,11 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
+INTERPOLATION = {
+    "bilinear": F.InterpolationMode.BILINEAR,
+    "bicubic": F.InterpolationMode.BICUBIC,
+    "nearest": F.InterpolationMode.NEAREST,
+}
 _TRANSPARENT_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
 _WIDE_GREY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
@@ -71,6 +76,8 @@ class UniversalEmbedderImageProcessor(BaseImageProcessor):
         image_size: side of the square centre crop.
         resize_size: the shorter side is resized to this first (``None``: ``image_size``).
         image_mean / image_std: per-channel normalisation.
+        resample: resize interpolation, ``"bilinear"`` (default, as the evaluation transform), ``"bicubic"``
+            or ``"nearest"``.
     """
 
     model_input_names = ["pixel_values"]
@@ -81,9 +88,13 @@ class UniversalEmbedderImageProcessor(BaseImageProcessor):
         resize_size: int | None = None,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
+        resample: str = "bilinear",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if resample not in INTERPOLATION:
+            raise ValueError(f"resample={resample!r} is not one of {sorted(INTERPOLATION)}")
+        self.resample = resample
         self.image_size = int(image_size)
         self.resize_size = int(resize_size) if resize_size is not None else self.image_size
         if self.image_size <= 0 or self.resize_size < self.image_size:
@@ -95,12 +106,13 @@ class UniversalEmbedderImageProcessor(BaseImageProcessor):
 
     @classmethod
     def from_model_config(cls, config: Any) -> UniversalEmbedderImageProcessor:
-        """Build the processor matching an embedder config (``image_size``, ``resize_size``, mean, std)."""
+        """Build the processor matching an embedder config (sizes, mean, std, resample)."""
         return cls(
             image_size=config.image_size,
             resize_size=config.resize_size,
             image_mean=config.image_mean,
             image_std=config.image_std,
+            resample=getattr(config, "resample", "bilinear"),
         )
 
     def process_one(self, image: Any) -> torch.Tensor:
@@ -108,7 +120,7 @@ class UniversalEmbedderImageProcessor(BaseImageProcessor):
         pixels = F.pil_to_tensor(_to_pil(image))
         # Same torchvision operations (antialiased bilinear resize of the uint8 tensor) as the training-side
         # evaluation transform, so both give bit-identical inputs.
-        pixels = F.resize(pixels, [self.resize_size], antialias=True)
+        pixels = F.resize(pixels, [self.resize_size], INTERPOLATION[self.resample], antialias=True)
         pixels = F.center_crop(pixels, [self.image_size])
         pixels = F.to_dtype(pixels, torch.float32, scale=True)
         return F.normalize(pixels, self.image_mean, self.image_std)
