@@ -68,10 +68,14 @@ def table(results: dict[str, list[dict]], metric: str, domains: list[str]) -> li
     return lines
 
 
-def write_report(results: dict[str, list[dict]], command: str, config: str, path: Path, curves: Path | None) -> None:
+def write_report(
+    results: dict[str, list[dict]], command: str, config: str, path: Path, curves: Path | None
+) -> None:
     """Write the markdown report."""
     some_run = next(iter(results.values()))[0]
-    domains = sorted({key.split("/")[1] for key in some_run["metrics"] if key.startswith("merged/")} - {"mean"})
+    domains = sorted(
+        {key.split("/")[1] for key in some_run["metrics"] if key.startswith("merged/")} - {"mean"}
+    )
     seeds = len(next(iter(results.values())))
     total_minutes = sum(run["seconds"] for runs in results.values() for run in runs) / 60
     lines = [

@@ -8,6 +8,7 @@ command-line flags override it.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -51,6 +52,10 @@ def parse_recipe_args(dataclass_types: Sequence[type], argv: Sequence[str] | Non
     known, remaining = pre.parse_known_args(argv)
 
     parser = HfArgumentParser(dataclass_types)
+    for action in parser._actions:
+        # argparse would call dict("{...}"); read mapping-valued flags as JSON instead.
+        if action.type is dict:
+            action.type = _json_mapping
     if known.config is not None:
         config = load_yaml_config(known.config)
         destinations = {action.dest: action for action in parser._actions}
@@ -65,6 +70,18 @@ def parse_recipe_args(dataclass_types: Sequence[type], argv: Sequence[str] | Non
             destinations[key].required = False
         parser.set_defaults(**config)
     return tuple(parser.parse_args_into_dataclasses(args=remaining))
+
+
+def _json_mapping(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object such as '{{\"depth\": 4}}', got {text!r}"
+        ) from error
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -186,7 +186,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if trainer.accelerator.is_main_process:
         metrics = test(embedder, output_path=args.output_dir)
         if recipe.evaluate_teachers and model.config.use_teacher:
-            metrics.update(evaluate_teachers(trainer.accelerator.unwrap_model(trainer.model), benchmark, recipe))
+            metrics.update(
+                evaluate_teachers(trainer.accelerator.unwrap_model(trainer.model), benchmark, recipe)
+            )
         export(trainer, embedder, recipe, args, metrics, push)
         logger.info("test %s = %.4f", test.primary_metric, metrics[test.primary_metric])
     trainer.accelerator.wait_for_everyone()
@@ -198,7 +200,11 @@ def evaluate_teachers(model: UdonModel, benchmark, recipe: UdonRecipeArguments) 
     results: dict[str, float] = {}
     for name in model.config.domains:
         evaluator = RetrievalEvaluator(
-            benchmark, split="test", protocols=("separate",), domains=[name], batch_size=recipe.eval_batch_size
+            benchmark,
+            split="test",
+            protocols=("separate",),
+            domains=[name],
+            batch_size=recipe.eval_batch_size,
         )
         for key, value in evaluator(model.export_teacher_embedder(name)).items():
             if not key.startswith("separate/mean/"):

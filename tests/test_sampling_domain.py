@@ -98,7 +98,9 @@ def test_ranks_draw_the_same_domains_and_split_the_global_batch():
     losses = {0: 1.0, 1: 4.0, 2: 2.0}
     whole = drain(DomainBatchSampler(DOMAINS, 4, "dynamic", seed=2, update_every=5), losses)
     ranks = [
-        drain(DomainBatchSampler(DOMAINS, 2, "dynamic", seed=2, update_every=5, num_replicas=2, rank=r), losses)
+        drain(
+            DomainBatchSampler(DOMAINS, 2, "dynamic", seed=2, update_every=5, num_replicas=2, rank=r), losses
+        )
         for r in range(2)
     ]
     assert len(ranks[0]) == len(ranks[1]) == len(whole)

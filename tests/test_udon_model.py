@@ -9,7 +9,9 @@ import hf_distill  # noqa: F401  (registers the Auto classes)
 from hf_distill.models.embedder import UniversalEmbedderModel
 from hf_distill.models.udon import UdonConfig, UdonModel, variant_settings
 
-TINY_VIT = dict(backbone="vit_tiny_patch16_224", backbone_kwargs=dict(img_size=32, patch_size=8, depth=1), image_size=32)
+TINY_VIT = dict(
+    backbone="vit_tiny_patch16_224", backbone_kwargs=dict(img_size=32, patch_size=8, depth=1), image_size=32
+)
 
 
 def make_model(**overrides):
@@ -63,7 +65,9 @@ def test_loss_weights_give_a_weighted_mean():
 @pytest.mark.parametrize("reaches_backbone", [False, True])
 def test_distillation_gradient_path(reaches_backbone):
     # only the distillation losses: does their gradient reach the backbone?
-    model = make_model(teacher_loss_weight=0.0, student_loss_weight=0.0, distillation_reaches_backbone=reaches_backbone)
+    model = make_model(
+        teacher_loss_weight=0.0, student_loss_weight=0.0, distillation_reaches_backbone=reaches_backbone
+    )
     pixels, labels, domain_ids = batch()
     model(pixel_values=pixels, labels=labels, domain_ids=domain_ids).loss.backward()
     backbone_grad = sum(p.grad.abs().sum() for p in model.backbone.parameters() if p.grad is not None)
@@ -121,7 +125,11 @@ def test_export_embedder_and_reload(tmp_path):
     torch.testing.assert_close(reloaded(pixel_values=pixels).embeddings, expected)
 
     teacher = model.export_teacher_embedder("b")
-    out = model(pixel_values=pixels, labels=torch.zeros(6, dtype=torch.long), domain_ids=torch.ones(6, dtype=torch.long))
+    out = model(
+        pixel_values=pixels,
+        labels=torch.zeros(6, dtype=torch.long),
+        domain_ids=torch.ones(6, dtype=torch.long),
+    )
     torch.testing.assert_close(teacher(pixel_values=pixels).embeddings, out.teacher_embeddings)
 
 
@@ -131,4 +139,6 @@ def test_udon_model_save_and_reload(tmp_path):
     reloaded = AutoModel.from_pretrained(tmp_path / "udon").eval()
     assert isinstance(reloaded, UdonModel) and reloaded.config.domains == ["a", "b"]
     pixels, _, _ = batch()
-    torch.testing.assert_close(reloaded(pixel_values=pixels).embeddings, model(pixel_values=pixels).embeddings)
+    torch.testing.assert_close(
+        reloaded(pixel_values=pixels).embeddings, model(pixel_values=pixels).embeddings
+    )

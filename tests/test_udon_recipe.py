@@ -170,5 +170,7 @@ def test_two_processes_draw_the_same_domains(reference, tmp_path):
 
 def test_deepspeed_zero2_on_two_cpu_processes(reference, tmp_path):
     config = reference[0]
-    launch_two_processes(config, tmp_path / "ds", "--deepspeed", str(REPO / "recipes" / "deepspeed" / "zero2.json"))
+    launch_two_processes(
+        config, tmp_path / "ds", "--deepspeed", str(REPO / "recipes" / "deepspeed" / "zero2.json")
+    )
     check_against_reference(reference, tmp_path / "ds")

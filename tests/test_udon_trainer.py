@@ -60,12 +60,13 @@ def tiny_args(tmp_path, **overrides):
     return UdonTrainingArguments(**values)
 
 
-
 def test_backbone_frozen_for_first_epoch_then_trained_with_its_own_lr(tmp_path):
     model = tiny_model()
     start_backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     start_head = model.student_head.weight.detach().clone()
-    trainer = UdonTrainer(model=model, args=tiny_args(tmp_path, num_train_epochs=1), train_dataset=tiny_dataset())
+    trainer = UdonTrainer(
+        model=model, args=tiny_args(tmp_path, num_train_epochs=1), train_dataset=tiny_dataset()
+    )
     trainer.train()
     # 8 batches per epoch: the whole (single) epoch ran with a frozen backbone, the heads moved
     assert trainer.frozen_backbone_steps() == 8
@@ -106,4 +107,6 @@ def test_rejects_plain_training_arguments(tmp_path):
     from transformers import TrainingArguments
 
     with pytest.raises(TypeError, match="UdonTrainingArguments"):
-        UdonTrainer(model=tiny_model(), args=TrainingArguments(output_dir=str(tmp_path)), train_dataset=tiny_dataset())
+        UdonTrainer(
+            model=tiny_model(), args=TrainingArguments(output_dir=str(tmp_path)), train_dataset=tiny_dataset()
+        )

@@ -5,8 +5,11 @@ Two sources:
 - ``--model DIR``: a saved model (``AutoModel.from_pretrained`` after importing hf_distill), preprocessing
   from its image processor (``preprocessor_config.json``) or else from its config; it embeds the
   benchmark's ``--split`` evaluation pairs;
-- ``--embeddings FILE``: precomputed descriptors in the layout of ``hf_distill.evaluation.embeddings_file``
-  (labels from the file, or from ``--benchmark`` row by row).
+- ``--embeddings FILE``: precomputed descriptors (``.safetensors`` or ``.npz``) with keys ``<domain>/query``,
+  ``<domain>/index`` (left out when the queries are also the index: each query is then removed from its
+  own neighbours) and optionally ``<domain>/query_labels`` / ``<domain>/index_labels`` (1-D, or 2-D padded
+  with -1 for multi-label); missing labels come from ``--benchmark``'s ``--split`` pairs, row by row.
+  ``--model ... --save-embeddings FILE`` writes such a file.
 
 Prints a per-domain table and writes the metrics as JSON with ``--output``.
 """

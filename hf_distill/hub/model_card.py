@@ -384,6 +384,8 @@ def build_model_card(
         hyperparameters=hyperparameters,
         no_training_note=no_training_note,
         plots=plots,
+        eval_split=eval_split,
+        benchmark_name=benchmark_name,
     )
     _assert_no_secret(str(card), "the model card")
     return card

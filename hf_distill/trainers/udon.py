@@ -58,7 +58,9 @@ class UdonTrainer(DistillationTrainer):
             raise TypeError(f"UdonTrainer needs UdonTrainingArguments, got {type(args).__name__}")
         domain_names = list(domain_names if domain_names is not None else model.config.domains)
         if domain_names != list(model.config.domains):
-            raise ValueError(f"domain_names {domain_names} differ from the model's domains {model.config.domains}")
+            raise ValueError(
+                f"domain_names {domain_names} differ from the model's domains {model.config.domains}"
+            )
         super().__init__(
             model=model,
             args=args,
@@ -67,7 +69,9 @@ class UdonTrainer(DistillationTrainer):
             domain_names=domain_names,
             **kwargs,
         )
-        self.sampling_strategy = args.sampling_strategy or ("dynamic" if model.config.use_teacher else "round_robin")
+        self.sampling_strategy = args.sampling_strategy or (
+            "dynamic" if model.config.use_teacher else "round_robin"
+        )
         self._train_domain_ids = list(train_domain_ids) if train_domain_ids is not None else None
         # Domain id of every batch this process trained on (checks that all processes agree).
         self.domain_trace: list[int] = []
@@ -89,7 +93,9 @@ class UdonTrainer(DistillationTrainer):
         names = raw.select_columns(["domain"])[:]["domain"]
         unknown = sorted(set(names) - set(lookup))
         if unknown:
-            raise ValueError(f"training rows of domains {unknown} that the model does not have ({self.domain_names})")
+            raise ValueError(
+                f"training rows of domains {unknown} that the model does not have ({self.domain_names})"
+            )
         return [lookup[name] for name in names]
 
     def get_train_batch_sampler(self) -> DomainBatchSampler:
@@ -158,7 +164,9 @@ class UdonTrainer(DistillationTrainer):
                 "udon_group": part,
             }
             # Heads first: the Trainer logs the first group's learning rate.
-            for (part, decays), params in sorted(groups.items(), key=lambda item: (item[0][0] != HEADS, item[0][1]))
+            for (part, decays), params in sorted(
+                groups.items(), key=lambda item: (item[0][0] != HEADS, item[0][1])
+            )
         ]
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         optimizer_kwargs.pop("lr", None)

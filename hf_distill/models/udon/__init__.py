@@ -11,4 +11,11 @@ from hf_distill.models.udon.modeling_udon import UdonModel, UdonOutput, UdonPreT
 AutoConfig.register(UdonConfig.model_type, UdonConfig, exist_ok=True)
 AutoModel.register(UdonConfig, UdonModel, exist_ok=True)
 
-__all__ = ["UDON_VARIANTS", "UdonConfig", "UdonModel", "UdonOutput", "UdonPreTrainedModel", "variant_settings"]
+__all__ = [
+    "UDON_VARIANTS",
+    "UdonConfig",
+    "UdonModel",
+    "UdonOutput",
+    "UdonPreTrainedModel",
+    "variant_settings",
+]

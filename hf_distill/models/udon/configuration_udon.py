@@ -18,8 +18,14 @@ MARGIN_TYPES = ("none", "cosface", "arcface")
 # (separate/joint classifier, round-robin/dataset-size sampling, no distillation).
 UDON_VARIANTS: dict[str, tuple[dict[str, bool], str]] = {
     "udon": ({"use_teacher": True, "use_distillation": True, "joint_classifier": False}, "dynamic"),
-    "udon_no_dynamic": ({"use_teacher": True, "use_distillation": True, "joint_classifier": False}, "round_robin"),
-    "udon_no_distillation": ({"use_teacher": True, "use_distillation": False, "joint_classifier": False}, "dynamic"),
+    "udon_no_dynamic": (
+        {"use_teacher": True, "use_distillation": True, "joint_classifier": False},
+        "round_robin",
+    ),
+    "udon_no_distillation": (
+        {"use_teacher": True, "use_distillation": False, "joint_classifier": False},
+        "dynamic",
+    ),
     "uscrr": ({"use_teacher": False, "use_distillation": False, "joint_classifier": False}, "round_robin"),
     "ujcrr": ({"use_teacher": False, "use_distillation": False, "joint_classifier": True}, "round_robin"),
     "uscds": ({"use_teacher": False, "use_distillation": False, "joint_classifier": False}, "size"),
@@ -103,7 +109,9 @@ class UdonConfig(PreTrainedConfig):
         if any(n < 1 for n in self.num_classes):
             raise ValueError(f"every domain needs at least one class, got num_classes={self.num_classes}")
         if self.use_distillation and not self.use_teacher:
-            raise ValueError("use_distillation=True needs use_teacher=True (the teacher heads are what is distilled)")
+            raise ValueError(
+                "use_distillation=True needs use_teacher=True (the teacher heads are what is distilled)"
+            )
         if self.margin_type not in MARGIN_TYPES:
             raise ValueError(f"margin_type must be one of {MARGIN_TYPES}, got '{self.margin_type}'")
         if self.temperature <= 0:

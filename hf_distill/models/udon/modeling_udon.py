@@ -127,7 +127,9 @@ class UdonModel(UdonPreTrainedModel):
             self.teacher_heads = None
             self.teacher_classifiers = None
         if config.joint_classifier:
-            self.student_classifiers = nn.ModuleList([CosineClassifier(config.embed_dim, sum(config.num_classes))])
+            self.student_classifiers = nn.ModuleList(
+                [CosineClassifier(config.embed_dim, sum(config.num_classes))]
+            )
         else:
             self.student_classifiers = nn.ModuleList(
                 CosineClassifier(config.embed_dim, n) for n in config.num_classes
@@ -175,7 +177,11 @@ class UdonModel(UdonPreTrainedModel):
         active = {name: weight for name, weight in weights.items() if name in losses}
         total = sum(weight * losses[name] for name, weight in active.items()) / sum(active.values())
         return UdonOutput(
-            loss=total, embeddings=student, teacher_embeddings=teacher, backbone_features=features, losses=losses
+            loss=total,
+            embeddings=student,
+            teacher_embeddings=teacher,
+            backbone_features=features,
+            losses=losses,
         )
 
     def _single_domain(self, domain_ids: torch.Tensor | None, labels: torch.Tensor) -> int:
