@@ -37,12 +37,12 @@ demo: $(STAMP) $(DATA_STAMP)
 		recipes/udon.py --config recipes/configs/udon_offline.yaml
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check hf_distill recipes tests benchmarks model_cards
-	$(VENV)/bin/ruff format --check hf_distill recipes tests benchmarks model_cards
+	$(VENV)/bin/ruff check hf_distill recipes tests benchmarks model_cards examples
+	$(VENV)/bin/ruff format --check hf_distill recipes tests benchmarks model_cards examples
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix hf_distill recipes tests benchmarks model_cards
-	$(VENV)/bin/ruff format hf_distill recipes tests benchmarks model_cards
+	$(VENV)/bin/ruff check --fix hf_distill recipes tests benchmarks model_cards examples
+	$(VENV)/bin/ruff format hf_distill recipes tests benchmarks model_cards examples
 
 bench: $(STAMP) $(DATA_STAMP)
 	for script in benchmarks/*.py; do $(PY) $$script || exit 1; done
