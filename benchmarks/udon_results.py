@@ -68,6 +68,25 @@ def table(results: dict[str, list[dict]], metric: str, domains: list[str]) -> li
     return lines
 
 
+def comparison(results: dict[str, list[dict]], domains: list[str]) -> list[str]:
+    """Sentences comparing UDON's mean merged R@1 with the best baseline, overall and per domain."""
+    if "udon" not in results or len(results) < 2:
+        return []
+
+    def mean_of(variant: str, key: str) -> float:
+        return statistics.mean(run["metrics"][key] for run in results[variant])
+
+    others = [variant for variant in results if variant != "udon"]
+    lines = ["## UDON against the best other method (merged R@1, percentage points)", ""]
+    for domain in [*domains, "mean"]:
+        key = f"merged/{domain}/R@1"
+        best = max(others, key=lambda variant: mean_of(variant, key))
+        delta = 100 * (mean_of("udon", key) - mean_of(best, key))
+        lines.append(f"- {domain}: {delta:+.1f} against {LABELS[best]}")
+    lines.append("")
+    return lines
+
+
 def write_report(
     results: dict[str, list[dict]], command: str, config: str, path: Path, curves: Path | None
 ) -> None:
@@ -104,6 +123,7 @@ def write_report(
         *table(results, "mP@5", domains),
         "",
     ]
+    lines += comparison(results, domains)
     if "udon" in results and results["udon"][0]["final_p"]:
         names = sorted(results["udon"][0]["final_p"])
         lines += [
@@ -129,11 +149,18 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--output_root", default="outputs/udon_results")
     parser.add_argument("--report", default="docs/results/udon.md")
+    parser.add_argument(
+        "--from_json",
+        default=None,
+        help="rewrite the report from a previous run's saved results, without training",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     results: dict[str, list[dict]] = {}
-    for variant in args.variants:
+    if args.from_json is not None:
+        results = json.loads(Path(args.from_json).read_text())
+    for variant in args.variants if args.from_json is None else []:
         for seed in args.seeds:
             output_dir = Path(args.output_root) / f"{variant}_seed{seed}"
             shutil.rmtree(output_dir, ignore_errors=True)
@@ -152,9 +179,14 @@ def main() -> None:
             curves = report.with_name("udon_sampling_curves.png")
             report.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, curves)
-    command = "python benchmarks/udon_results.py " + " ".join(sys.argv[1:])
+    argv = sys.argv[1:]
+    if "--from_json" in argv:  # the command that produced the numbers, not the one that re-tabulated them
+        index = argv.index("--from_json")
+        argv = argv[:index] + argv[index + 2 :]
+    command = "python benchmarks/udon_results.py " + " ".join(argv)
     write_report(results, command.strip(), args.config, report, curves)
-    (report.with_suffix(".json")).write_text(json.dumps(results, indent=2))
+    if args.from_json is None:
+        report.with_suffix(".json").write_text(json.dumps(results, indent=2))
     print(f"wrote {report}")
 
 

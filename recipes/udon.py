@@ -40,12 +40,16 @@ class UdonRecipeArguments:
 
     Args:
         benchmark: benchmark directory (default: ``$HF_DISTILL_BENCHMARK`` or ``data/offline_benchmark``).
+        uned_info_root / uned_image_root: train on UnED instead (``info_files/<domain>/<split>.json`` and the
+            image folder they point into); unreadable images are skipped and counted in ``run_summary.json``.
         domains: train and evaluate on these domains only.
         variant: ``udon`` (default), ``udon_no_dynamic``, ``udon_no_distillation`` or a UnED baseline
             (``uscrr``, ``ujcrr``, ``uscds``, ``ujcds``).
         backbone / backbone_source / backbone_kwargs / pooling: the backbone (see ``UdonConfig``).
         offline_weights: offline pretrained weights (``efficientnet_lite0`` …, ``hf_distill.teachers.offline``);
             sets the backbone architecture, its weights and its normalisation.
+        hub_pretrained: start a timm backbone from its pretrained weights on the Hub (needs a network); they are
+            saved once as ``<output_dir>/pretrained_backbone.safetensors``.
         pretrained_file: local safetensors file with backbone weights.
         image_size / resize_size / image_mean / image_std: preprocessing.
         embed_dim / teacher_dim / temperature / classifier_margin / margin_type /
@@ -60,6 +64,8 @@ class UdonRecipeArguments:
     """
 
     benchmark: str | None = None
+    uned_info_root: str | None = None
+    uned_image_root: str | None = None
     domains: list[str] | None = None
     variant: str = "udon"
     backbone: str = "vit_tiny_patch16_224"
@@ -67,6 +73,7 @@ class UdonRecipeArguments:
     backbone_kwargs: dict | None = field(default=None)
     pooling: str = "default"
     offline_weights: str | None = None
+    hub_pretrained: bool = False
     pretrained_file: str | None = None
     image_size: int = 32
     resize_size: int | None = None
@@ -86,12 +93,34 @@ class UdonRecipeArguments:
     write_domain_trace: bool = False
 
 
-def build_model(recipe: UdonRecipeArguments, benchmark) -> UdonModel:
+def fetch_hub_backbone(name: str, kwargs: dict | None, output_dir: str) -> str:
+    """Download a timm backbone's pretrained weights once (main process first) and save them as safetensors.
+
+    Args:
+        name: timm model name with its pretrained tag (e.g. ``vit_base_patch16_clip_224.openai``).
+        kwargs: extra ``timm.create_model`` arguments.
+        output_dir: where ``pretrained_backbone.safetensors`` goes.
+    """
+    import timm
+    from accelerate import PartialState
+    from safetensors.torch import save_file
+
+    path = os.path.join(output_dir, "pretrained_backbone.safetensors")
+    with PartialState().main_process_first():
+        if not os.path.isfile(path):
+            model = timm.create_model(name, pretrained=True, num_classes=0, **(kwargs or {}))
+            os.makedirs(output_dir, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return path
+
+
+def build_model(recipe: UdonRecipeArguments, benchmark, output_dir: str = ".") -> UdonModel:
     """The ``UdonModel`` described by the recipe arguments, with the benchmark's domains and classes.
 
     Args:
         recipe: recipe arguments.
         benchmark: the loaded ``Benchmark``.
+        output_dir: where Hub-pretrained backbone weights are cached.
     """
     switches, _ = variant_settings(recipe.variant)
     backbone, pretrained_file = recipe.backbone, recipe.pretrained_file
@@ -102,6 +131,8 @@ def build_model(recipe: UdonRecipeArguments, benchmark) -> UdonModel:
         weights = resolve_offline_weights(recipe.offline_weights)
         backbone, pretrained_file = weights.architecture, str(weights.path)
         mean, std = mean or list(weights.mean), std or list(weights.std)
+    if recipe.hub_pretrained:
+        pretrained_file = fetch_hub_backbone(backbone, recipe.backbone_kwargs, output_dir)
     domains = list(benchmark.domains)
     config = UdonConfig(
         backbone=backbone,
@@ -149,6 +180,19 @@ def build_train_dataset(benchmark, model: UdonModel, max_per_domain: int | None,
     return with_pixel_values(concatenate_datasets(parts), transform, domain_to_id)
 
 
+def load_domains(recipe: UdonRecipeArguments):
+    """The offline benchmark, or UnED when ``uned_info_root`` is given."""
+    if recipe.uned_info_root is None:
+        return load_benchmark(recipe.benchmark, recipe.domains)
+    if recipe.uned_image_root is None:
+        raise ValueError("--uned_info_root needs --uned_image_root (the folder the info files' paths are in)")
+    from hf_distill.data.domains import load_uned_domains
+
+    return load_uned_domains(
+        recipe.uned_info_root, recipe.uned_image_root, recipe.domains, on_bad_image="skip"
+    )
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Run the recipe; returns the final test metrics of the exported embedder."""
     recipe, args = parse_recipe_args((UdonRecipeArguments, UdonTrainingArguments), argv)
@@ -162,13 +206,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raise ValueError("--push_to_hub needs --hub_model_id <user>/<name>")
     set_seed(args.seed)
 
-    benchmark = load_benchmark(recipe.benchmark, recipe.domains)
-    model = build_model(recipe, benchmark)
+    benchmark = load_domains(recipe)
+    model = build_model(recipe, benchmark, args.output_dir)
     train_dataset = build_train_dataset(benchmark, model, recipe.max_train_per_domain, args.seed)
     validation = RetrievalEvaluator(
         benchmark, split="val", protocols=("merged",), batch_size=recipe.eval_batch_size
     )
     trainer = UdonTrainer(model=model, args=args, train_dataset=train_dataset, evaluator=validation)
+    decode_report = getattr(benchmark, "decode_report", None)
+    if decode_report is not None:
+        trainer.add_to_run_summary("decode_skips", decode_report.to_dict())
 
     checkpoint = args.resume_from_checkpoint or last_complete_checkpoint(args.output_dir)
     if checkpoint is not None:

@@ -200,3 +200,12 @@ def test_resume_without_extra_state_is_refused(tmp_path):
     (tmp_path / "checkpoint-1").mkdir()
     with pytest.raises(FileNotFoundError, match="hf_distill_state.pt is missing"):
         trainer.load_extra_state(str(tmp_path / "checkpoint-1"))
+
+
+def test_resume_from_checkpoint_without_sampler_state_is_refused(tmp_path):
+    args = toy_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    ToyTrainer(model=ToyModel(), args=args, train_dataset=toy_dataset()).train()
+    (tmp_path / "checkpoint-4" / EXTRA_STATE_NAME).unlink()
+    trainer = ToyTrainer(model=ToyModel(), args=toy_args(tmp_path, max_steps=6), train_dataset=toy_dataset())
+    with pytest.raises(FileNotFoundError, match="checkpoint-4/hf_distill_state.pt holds no sampler state"):
+        trainer.train(resume_from_checkpoint=True)

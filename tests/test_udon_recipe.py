@@ -174,3 +174,21 @@ def test_deepspeed_zero2_on_two_cpu_processes(reference, tmp_path):
         config, tmp_path / "ds", "--deepspeed", str(REPO / "recipes" / "deepspeed" / "zero2.json")
     )
     check_against_reference(reference, tmp_path / "ds")
+
+
+def test_push_to_hub_publishes_only_the_embedder(reference, hub_server, tmp_path):
+    config = reference[0]
+    output_dir = tmp_path / "push"
+    argv = ["--config", str(config), "--output_dir", str(output_dir), "--max_steps", "2", "--eval_strategy", "no"]
+    argv += ["--save_strategy", "no", "--load_best_model_at_end", "false", "--push_to_hub", "true"]
+    argv += ["--hub_model_id", "tester/udon-tiny"]
+    udon_recipe.main(argv)
+    files = hub_server.repo_files("tester/udon-tiny")
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= set(files)
+    assert not any("checkpoint" in name for name in files)
+    model = AutoModel.from_pretrained("tester/udon-tiny")
+    assert model.config.embed_dim == 64
+    for name in files:
+        if name.endswith((".json", ".md")):
+            text = (hub_server.root / "tester" / "udon-tiny" / name).read_text()
+            assert hub_server.token not in text

@@ -43,5 +43,8 @@ class UdonTrainingArguments(TrainingArguments):
             raise ValueError(f"sampling_strategy must be one of {STRATEGIES}, got '{self.sampling_strategy}'")
         if self.backbone_frozen_epochs < 0:
             raise ValueError(f"backbone_frozen_epochs must be >= 0, got {self.backbone_frozen_epochs}")
+        if self.backbone_frozen_epochs > 0 and self.ddp_find_unused_parameters is None:
+            # The frozen backbone gets no gradient (see UdonModel.backbone_requires_grad); DDP must allow it.
+            self.ddp_find_unused_parameters = True
         if self.backbone_learning_rate is None:
             self.backbone_learning_rate = self.learning_rate * self.backbone_lr_ratio

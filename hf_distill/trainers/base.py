@@ -121,6 +121,8 @@ class DistillationTrainer(Trainer):
         self._run_summary: dict[str, Any] = {}
         self._timings: dict[str, float] = {"evaluation_s": 0.0}
         self._train_batch_sampler: Any = None
+        self._resume_checkpoint: str | None = None
+        self._loaded_extra_state: dict[str, Any] | None = None
 
     def _validate_args(self) -> None:
         if self.evaluator is not None and self.eval_dataset is None:
@@ -303,8 +305,15 @@ class DistillationTrainer(Trainer):
                     self.register_checkpoint_state("train_batch_sampler", sampler)
                 if hasattr(sampler, "set_epoch"):
                     self.add_callback(_EpochForwarder(sampler))
-                if self._resumed_state is not None and "train_batch_sampler" in self._resumed_state:
-                    sampler.load_state_dict(self._resumed_state["train_batch_sampler"])
+                if self._resume_checkpoint is not None and hasattr(sampler, "load_state_dict"):
+                    state = self._loaded_extra_state or {}
+                    if "train_batch_sampler" not in state:
+                        raise FileNotFoundError(
+                            f"{os.path.join(self._resume_checkpoint, EXTRA_STATE_NAME)} holds no sampler state, so "
+                            "the interrupted domain schedule cannot be continued; resume from a checkpoint written "
+                            f"by {type(self).__name__}"
+                        )
+                    sampler.load_state_dict(state["train_batch_sampler"])
         sampler = self._train_batch_sampler
         if sampler is None:
             return super().get_train_dataloader()
@@ -326,10 +335,6 @@ class DistillationTrainer(Trainer):
             wrapper.num_processes = 1
             wrapper.process_index = 0
         return prepared
-
-    @property
-    def _resumed_state(self) -> dict[str, Any] | None:
-        return getattr(self, "_loaded_extra_state", None)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         if self._checkpoint_states and self.args.should_save:
@@ -378,6 +383,7 @@ class DistillationTrainer(Trainer):
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"no checkpoint found in output_dir '{self.args.output_dir}' to resume from")
+        self._resume_checkpoint = resume_from_checkpoint or None
         if resume_from_checkpoint:
             self.load_extra_state(resume_from_checkpoint)
         start = time.perf_counter()

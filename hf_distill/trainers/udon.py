@@ -73,6 +73,7 @@ class UdonTrainer(DistillationTrainer):
             "dynamic" if model.config.use_teacher else "round_robin"
         )
         self._train_domain_ids = list(train_domain_ids) if train_domain_ids is not None else None
+        self._frozen_steps = 0
         # Domain id of every batch this process trained on (checks that all processes agree).
         self.domain_trace: list[int] = []
         if args.plot_sampling_curves:
@@ -122,6 +123,9 @@ class UdonTrainer(DistillationTrainer):
             model: the (wrapped) ``UdonModel``.
             inputs: ``pixel_values``, ``labels`` and ``domain_ids`` of a single-domain batch.
         """
+        if model.training:
+            frozen = self.state.global_step < self._frozen_steps
+            self.accelerator.unwrap_model(model).backbone_requires_grad = not frozen
         outputs = model(
             pixel_values=inputs["pixel_values"], labels=inputs["labels"], domain_ids=inputs["domain_ids"]
         )
@@ -190,7 +194,7 @@ class UdonTrainer(DistillationTrainer):
         if self.lr_scheduler is not None:
             return self.lr_scheduler
         scheduler = super().create_scheduler(num_training_steps, optimizer)
-        frozen = self.frozen_backbone_steps()
+        frozen = self._frozen_steps = self.frozen_backbone_steps()
         if frozen == 0:
             return scheduler
         if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):

@@ -270,12 +270,18 @@ class CachedViewDataset(Dataset):
         return len(self.cache)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        row = self.cache[int(index)]
-        source, view = int(row["source_index"]), int(row["view"])
-        image = self.images[source]["image"]
-        item = {"images": transform_view(self.transform, image, view_seed(self.seed, source, view))}
-        item.update({name: row[name] for name in self.target_columns})
-        return item
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        # The DataLoader fetches a whole batch through this method: one Arrow read for all its rows.
+        rows = self.cache[[int(index) for index in indices]]
+        items = []
+        for position, (source, view) in enumerate(zip(rows["source_index"].tolist(), rows["view"].tolist())):
+            image = self.images[source]["image"]
+            item = {"images": transform_view(self.transform, image, view_seed(self.seed, source, view))}
+            item.update({name: rows[name][position] for name in self.target_columns})
+            items.append(item)
+        return items
 
 
 def unic_cache_spec(

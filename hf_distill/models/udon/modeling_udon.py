@@ -143,6 +143,9 @@ class UdonModel(UdonPreTrainedModel):
         )
         self.logit_loss = LogitDistillationLoss(config.temperature)
         self.relational_loss = RelationalDistillationLoss()
+        # Set by the trainer while the backbone is frozen: its forward then runs without autograd, which
+        # saves the backward pass through it (its learning rate is 0 anyway).
+        self.backbone_requires_grad = True
         self.post_init()
 
     def forward(
@@ -161,7 +164,11 @@ class UdonModel(UdonPreTrainedModel):
             domain_ids: ``(batch,)`` domain index of every image; all equal (batches are single-domain).
             return_dict: ignored; a :class:`UdonOutput` is always returned.
         """
-        features = self.backbone(pixel_values)
+        if self.training and not self.backbone_requires_grad:
+            with torch.no_grad():
+                features = self.backbone(pixel_values)
+        else:
+            features = self.backbone(pixel_values)
         normalized = F.normalize(features, dim=-1)
         student = F.normalize(self.student_head(normalized), dim=-1)
         if labels is None:
