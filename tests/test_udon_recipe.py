@@ -179,7 +179,16 @@ def test_deepspeed_zero2_on_two_cpu_processes(reference, tmp_path):
 def test_push_to_hub_publishes_only_the_embedder(reference, hub_server, tmp_path):
     config = reference[0]
     output_dir = tmp_path / "push"
-    argv = ["--config", str(config), "--output_dir", str(output_dir), "--max_steps", "2", "--eval_strategy", "no"]
+    argv = [
+        "--config",
+        str(config),
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        "2",
+        "--eval_strategy",
+        "no",
+    ]
     argv += ["--save_strategy", "no", "--load_best_model_at_end", "false", "--push_to_hub", "true"]
     argv += ["--hub_model_id", "tester/udon-tiny"]
     udon_recipe.main(argv)

@@ -24,7 +24,12 @@ def parse(tmp_path, config, *argv):
 def test_yaml_values_and_command_line_overrides(tmp_path):
     recipe, args = parse(
         tmp_path,
-        {"variant": "uscrr", "backbone_kwargs": {"depth": 2}, "learning_rate": 0.01, "output_dir": str(tmp_path)},
+        {
+            "variant": "uscrr",
+            "backbone_kwargs": {"depth": 2},
+            "learning_rate": 0.01,
+            "output_dir": str(tmp_path),
+        },
         "--learning_rate",
         "0.5",
         "--backbone_kwargs",
@@ -40,7 +45,8 @@ def test_yaml_values_and_command_line_overrides(tmp_path):
 def test_shipped_configs_parse():
     for name in ("udon_offline.yaml", "udon_results.yaml", "udon_uned_vitb16_clip.yaml"):
         recipe, args = parse_recipe_args(
-            (UdonRecipeArguments, UdonTrainingArguments), ["--config", str(REPO / "recipes" / "configs" / name)]
+            (UdonRecipeArguments, UdonTrainingArguments),
+            ["--config", str(REPO / "recipes" / "configs" / name)],
         )
         assert recipe.variant == "udon" and args.per_device_train_batch_size > 0
 

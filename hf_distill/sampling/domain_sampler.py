@@ -14,6 +14,10 @@ Terms used below:
 Strategies: ``round_robin`` (cycle through the domains), ``size`` (p ∝ number of training images),
 ``balanced`` (p uniform, shuffled), ``dynamic`` (first window round-robin; afterwards p_d = L̄_d / Σ_k L̄_k from
 the mean teacher classification loss per domain over the previous window, reported with :meth:`record_loss`).
+
+A window's probabilities are computed when its first batch is drawn, from the losses reported by then. Data
+loaders read one or two batches ahead (more with worker processes), so the last batches of the previous window
+are not counted: negligible for the released ``U = 1000``; keep ``U`` well above the read-ahead.
 """
 
 from __future__ import annotations
