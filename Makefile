@@ -45,7 +45,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format hf_distill recipes tests benchmarks model_cards examples
 
 bench: $(STAMP) $(DATA_STAMP)
-	for script in benchmarks/*.py; do $(PY) $$script || exit 1; done
+	for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) data outputs .assets
