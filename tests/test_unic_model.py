@@ -99,6 +99,8 @@ def test_export_embedder_drops_every_projector(student, tmp_path):
     assert not any("ladder" in key or "projector" in key for key in keys)
     assert len(keys) == len(student.backbone.state_dict())
     assert "drop_path_rate" not in embedder.config.backbone_kwargs
+    # the saved processor must resize like the evaluator's ImageTransform (bilinear)
+    assert embedder.config.resample == "bilinear"
     inputs = torch.randn(3, 3, 32, 32)
     torch.testing.assert_close(embedder(inputs).embeddings, student.eval()(inputs).embeddings)
     embedder.save_pretrained(tmp_path / "embedder")

@@ -29,7 +29,7 @@ class UnicStudentConfig(PreTrainedConfig):
         image_size: side of the student's square input.
         resize_size: shorter-side resize before the centre crop at evaluation (``None``: ``image_size``).
         image_mean / image_std: normalisation of the student's input.
-        resample: resize filter of the evaluation preprocessing.
+        resample: resize filter of the evaluation preprocessing (bilinear, as `ImageTransform` and the evaluator).
     """
 
     model_type = "hf_distill_unic"
@@ -45,7 +45,7 @@ class UnicStudentConfig(PreTrainedConfig):
     resize_size: int | None = None
     image_mean: list[float] | tuple[float, ...] | None = None
     image_std: list[float] | tuple[float, ...] | None = None
-    resample: str = "bicubic"
+    resample: str = "bilinear"
 
     def __post_init__(self, **kwargs: Any) -> None:
         self.backbone_kwargs = dict(self.backbone_kwargs or {})
