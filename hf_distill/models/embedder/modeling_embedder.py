@@ -142,23 +142,30 @@ def create_backbone(config: UniversalEmbedderConfig) -> tuple[nn.Module, int]:
     return _TransformersBackbone(model, config.pooling), _feature_dim_of_transformers_config(backbone_config)
 
 
-class UniversalEmbedderPreTrainedModel(PreTrainedModel):
+class BackboneOnCPUInitMixin:
+    """Makes ``from_pretrained`` build the model on the CPU instead of the meta device.
+
+    A timm backbone's constructor computes buffers (e.g. relative-position indices) that a checkpoint does
+    not hold and ``_init_weights`` cannot rebuild. Every hf_distill model holding such a backbone mixes this in
+    before ``PreTrainedModel``.
+    """
+
+    @classmethod
+    def get_init_context(cls, *args, **kwargs) -> list:
+        return [
+            context
+            for context in super().get_init_context(*args, **kwargs)
+            if context != torch.device("meta")
+        ]
+
+
+class UniversalEmbedderPreTrainedModel(BackboneOnCPUInitMixin, PreTrainedModel):
     """Base class wiring the embedder config into transformers' save/load machinery."""
 
     config_class = UniversalEmbedderConfig
     base_model_prefix = "embedder"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
-
-    @classmethod
-    def get_init_context(cls, *args, **kwargs) -> list:
-        # Build on the CPU instead of the meta device: the backbone's own constructor computes buffers
-        # (e.g. relative-position indices) that the checkpoint does not hold and _init_weights cannot rebuild.
-        return [
-            context
-            for context in super().get_init_context(*args, **kwargs)
-            if context != torch.device("meta")
-        ]
 
     def _init_weights(self, module: nn.Module) -> None:
         # The backbone keeps the initialisation (or pretrained weights) its library gave it. Only the head is

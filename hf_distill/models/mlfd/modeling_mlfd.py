@@ -11,7 +11,11 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from hf_distill.models.embedder.modeling_embedder import UniversalEmbedderModel, create_backbone
+from hf_distill.models.embedder.modeling_embedder import (
+    BackboneOnCPUInitMixin,
+    UniversalEmbedderModel,
+    create_backbone,
+)
 from hf_distill.models.mlfd.configuration_mlfd import JointTeacherConfig, MlfdClassifierConfig
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
@@ -54,21 +58,11 @@ class MlfdClassifierOutput(ModelOutput):
     distill_maps: tuple[torch.FloatTensor, ...] | None = None
 
 
-class MlfdPreTrainedModel(PreTrainedModel):
+class MlfdPreTrainedModel(BackboneOnCPUInitMixin, PreTrainedModel):
     """Shared save/load wiring of the MLFD models."""
 
     main_input_name = "pixel_values"
     input_modalities = ("image",)
-
-    @classmethod
-    def get_init_context(cls, *args, **kwargs) -> list:
-        # Build on the CPU, not the meta device: timm backbones compute buffers in their constructors that
-        # checkpoints do not hold (same reason as UniversalEmbedderModel).
-        return [
-            context
-            for context in super().get_init_context(*args, **kwargs)
-            if context != torch.device("meta")
-        ]
 
     def _init_weights(self, module: nn.Module) -> None:
         # Backbones keep their library's initialisation (or pretrained weights); the MLFD layers are initialised

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from hf_distill.models.embedder import UniversalEmbedderConfig, UniversalEmbedderModel, create_backbone
+from hf_distill.models.embedder.modeling_embedder import BackboneOnCPUInitMixin
 from hf_distill.models.unic.configuration_unic import TOKEN_TYPES, UnicStudentConfig
 
 
@@ -107,22 +108,13 @@ def resize_token_grid(tokens: torch.Tensor, grid: tuple[int, int], target: tuple
     return spatial.flatten(2).transpose(1, 2)
 
 
-class UnicStudentPreTrainedModel(PreTrainedModel):
+class UnicStudentPreTrainedModel(BackboneOnCPUInitMixin, PreTrainedModel):
     """Base class wiring `UnicStudentConfig` into transformers' save/load machinery."""
 
     config_class = UnicStudentConfig
     base_model_prefix = "unic"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
-
-    @classmethod
-    def get_init_context(cls, *args, **kwargs) -> list:
-        # Build on the CPU, not the meta device: timm's constructors compute buffers a checkpoint may not hold.
-        return [
-            context
-            for context in super().get_init_context(*args, **kwargs)
-            if context != torch.device("meta")
-        ]
 
     def _init_weights(self, module: nn.Module) -> None:
         # The timm backbone keeps its own initialisation; projector layers get PyTorch's default one.
