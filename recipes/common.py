@@ -95,3 +95,42 @@ def setup_logging(level: int = logging.INFO) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+
+
+def finish_run(
+    trainer: Any,
+    embedder: Any,
+    export_dir: str,
+    card: dict[str, Any],
+    metrics: dict[str, float],
+    recipe: Any,
+    push: bool,
+) -> None:
+    """Save the embedder with its processor and card, write the test metrics, the log history and the run
+    summary into the trainer's output dir, and push the embedder when asked.
+
+    Args:
+        trainer: the method's `DistillationTrainer` after training.
+        embedder: the exported `UniversalEmbedderModel`.
+        export_dir: where the embedder folder is written.
+        card: keyword arguments of the model card (see `hf_distill.hub.save_embedder`).
+        metrics: final test metrics.
+        recipe: the recipe's own dataclass, recorded in the run summary.
+        push: push `export_dir` to `trainer.args.hub_model_id`.
+    """
+    from dataclasses import asdict
+
+    from hf_distill.hub import push_embedder, save_embedder
+
+    args = trainer.args
+    save_embedder(embedder, export_dir, card=card)
+    with open(os.path.join(args.output_dir, "test_metrics.json"), "w") as handle:
+        json.dump(metrics, handle, indent=2, sort_keys=True)
+    with open(os.path.join(args.output_dir, "log_history.json"), "w") as handle:
+        json.dump(trainer.state.log_history, handle)
+    trainer.add_to_run_summary("test_metrics", metrics)
+    trainer.add_to_run_summary("recipe", asdict(recipe))
+    trainer.add_to_run_summary("export_dir", export_dir)
+    trainer.write_run_summary()
+    if push:
+        push_embedder(export_dir, args.hub_model_id, token=args.hub_token)

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import concatenate_datasets
@@ -21,11 +21,11 @@ from transformers import set_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import parse_recipe_args, setup_logging  # noqa: E402
+from common import finish_run, parse_recipe_args, setup_logging  # noqa: E402
 
 from hf_distill.data import ImageTransform, load_benchmark, with_pixel_values  # noqa: E402
 from hf_distill.evaluation import RetrievalEvaluator  # noqa: E402
-from hf_distill.hub import hyperparameters_from_training_args, push_embedder, save_embedder  # noqa: E402
+from hf_distill.hub import hyperparameters_from_training_args  # noqa: E402
 from hf_distill.models.udon import UdonConfig, UdonModel, variant_settings  # noqa: E402
 from hf_distill.trainers.arguments import UdonTrainingArguments  # noqa: E402
 from hf_distill.trainers.base import last_complete_checkpoint  # noqa: E402
@@ -277,17 +277,7 @@ def export(
         hyperparameters={"variant": recipe.variant, **hyperparameters_from_training_args(args)},
         log_history=trainer.state.log_history,
     )
-    save_embedder(embedder, export_dir, card=card)
-    with open(os.path.join(args.output_dir, "test_metrics.json"), "w") as handle:
-        json.dump(metrics, handle, indent=2, sort_keys=True)
-    with open(os.path.join(args.output_dir, "log_history.json"), "w") as handle:
-        json.dump(trainer.state.log_history, handle)
-    trainer.add_to_run_summary("test_metrics", metrics)
-    trainer.add_to_run_summary("recipe", asdict(recipe))
-    trainer.add_to_run_summary("export_dir", export_dir)
-    trainer.write_run_summary()
-    if push:
-        push_embedder(export_dir, args.hub_model_id, token=args.hub_token)
+    finish_run(trainer, embedder, export_dir, card, metrics, recipe, push)
 
 
 if __name__ == "__main__":

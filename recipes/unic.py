@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -24,11 +24,11 @@ from transformers import set_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import parse_recipe_args, setup_logging  # noqa: E402
+from common import finish_run, parse_recipe_args, setup_logging  # noqa: E402
 
 from hf_distill.data import load_benchmark  # noqa: E402
 from hf_distill.evaluation import KNNClassificationEvaluator, RetrievalEvaluator  # noqa: E402
-from hf_distill.hub import hyperparameters_from_training_args, push_embedder, save_embedder  # noqa: E402
+from hf_distill.hub import hyperparameters_from_training_args  # noqa: E402
 from hf_distill.models.unic import UnicStudentConfig, UnicStudentModel  # noqa: E402
 from hf_distill.teachers import TeacherSpec, hf_distill_cache_dir, load_teachers  # noqa: E402
 from hf_distill.trainers.base import last_complete_checkpoint  # noqa: E402
@@ -309,15 +309,7 @@ def export(
         },
         log_history=trainer.state.log_history,
     )
-    save_embedder(embedder, export_dir, card=card)
-    with open(os.path.join(args.output_dir, "test_metrics.json"), "w") as handle:
-        json.dump(metrics, handle, indent=2, sort_keys=True)
-    trainer.add_to_run_summary("test_metrics", metrics)
-    trainer.add_to_run_summary("recipe", asdict(recipe))
-    trainer.add_to_run_summary("export_dir", export_dir)
-    trainer.write_run_summary()
-    if push:
-        push_embedder(export_dir, args.hub_model_id, token=args.hub_token)
+    finish_run(trainer, embedder, export_dir, card, metrics, recipe, push)
 
 
 if __name__ == "__main__":
