@@ -57,43 +57,49 @@ def soft_cross_entropy_distillation(
     return temperature**2 * -(teacher_p * student_log_p).sum(dim=-1).mean()
 
 
-class LogitDistillationLoss(nn.Module):
-    """KL logit distillation as a module returning ``{"loss": ...}``.
+class _TemperatureDistillationLoss(nn.Module):
+    """A logit-distillation function with a fixed temperature, as a module returning ``{"loss": ...}``."""
+
+    default_temperature: float
+
+    def __init__(self, temperature: float | None = None) -> None:
+        super().__init__()
+        temperature = self.default_temperature if temperature is None else temperature
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.temperature = temperature
+
+    @staticmethod
+    def distill(
+        student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Args:
+        student_logits: ``(batch, classes)``.
+        teacher_logits: ``(batch, classes)``; detached inside.
+        """
+        return {"loss": self.distill(student_logits, teacher_logits, self.temperature)}
+
+
+class LogitDistillationLoss(_TemperatureDistillationLoss):
+    """KL logit distillation (:func:`kl_logit_distillation`).
 
     Args:
         temperature: τ applied to teacher and student logits (UDON: 0.1 on cosine logits).
     """
 
-    def __init__(self, temperature: float = 0.1) -> None:
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = temperature
-
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Args:
-        student_logits: ``(batch, classes)``.
-        teacher_logits: ``(batch, classes)``; detached inside.
-        """
-        return {"loss": kl_logit_distillation(student_logits, teacher_logits, self.temperature)}
+    default_temperature = 0.1
+    distill = staticmethod(kl_logit_distillation)
 
 
-class SoftCrossEntropyDistillationLoss(nn.Module):
-    """Soft cross-entropy distillation with the ``T²`` factor, returning ``{"loss": ...}``.
+class SoftCrossEntropyDistillationLoss(_TemperatureDistillationLoss):
+    """Soft cross-entropy distillation with the ``T²`` factor (:func:`soft_cross_entropy_distillation`).
 
     Args:
         temperature: T (MLFD released default: 2).
     """
 
-    def __init__(self, temperature: float = 2.0) -> None:
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = temperature
-
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Args:
-        student_logits: ``(batch, classes)``.
-        teacher_logits: ``(batch, classes)``; detached inside.
-        """
-        return {"loss": soft_cross_entropy_distillation(student_logits, teacher_logits, self.temperature)}
+    default_temperature = 2.0
+    distill = staticmethod(soft_cross_entropy_distillation)

@@ -16,6 +16,26 @@ BACKBONE_SOURCES = ("timm", "transformers")
 RESAMPLE_MODES = ("bilinear", "bicubic", "nearest")
 
 
+# The evaluation preprocessing every hf_distill model config carries, under the same names.
+PREPROCESSING_FIELDS = ("image_size", "resize_size", "image_mean", "image_std", "resample")
+
+
+def fill_preprocessing_defaults(config: Any) -> None:
+    """Fill a config's unset preprocessing fields: ImageNet normalisation and ``resize_size = image_size``."""
+    config.image_mean = list(config.image_mean if config.image_mean is not None else IMAGENET_MEAN)
+    config.image_std = list(config.image_std if config.image_std is not None else IMAGENET_STD)
+    if config.resize_size is None:
+        config.resize_size = config.image_size
+
+
+def preprocessing_of(config: Any) -> dict[str, Any]:
+    """A config's preprocessing fields, as keyword arguments of :class:`UniversalEmbedderConfig`."""
+    values = {name: getattr(config, name) for name in PREPROCESSING_FIELDS}
+    values["image_mean"] = list(values["image_mean"])
+    values["image_std"] = list(values["image_std"])
+    return values
+
+
 class UniversalEmbedderConfig(PreTrainedConfig):
     """Architecture and preprocessing of a universal image embedder.
 
@@ -67,16 +87,13 @@ class UniversalEmbedderConfig(PreTrainedConfig):
         if self.image_size <= 0:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
         self.backbone_kwargs = dict(self.backbone_kwargs or {})
-        self.image_mean = list(self.image_mean if self.image_mean is not None else IMAGENET_MEAN)
-        self.image_std = list(self.image_std if self.image_std is not None else IMAGENET_STD)
+        fill_preprocessing_defaults(self)
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             raise ValueError(
                 f"image_mean and image_std need 3 values (RGB), got {self.image_mean} and {self.image_std}"
             )
         if self.resample not in RESAMPLE_MODES:
             raise ValueError(f"resample={self.resample!r} is not supported; use one of {RESAMPLE_MODES}")
-        if self.resize_size is None:
-            self.resize_size = self.image_size
         if self.resize_size < self.image_size:
             raise ValueError(f"resize_size={self.resize_size} is smaller than image_size={self.image_size}")
         super().__post_init__(**kwargs)
@@ -88,4 +105,9 @@ class UniversalEmbedderConfig(PreTrainedConfig):
         return output
 
 
-__all__ = ["UniversalEmbedderConfig"]
+__all__ = [
+    "PREPROCESSING_FIELDS",
+    "UniversalEmbedderConfig",
+    "fill_preprocessing_defaults",
+    "preprocessing_of",
+]

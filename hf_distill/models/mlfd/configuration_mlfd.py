@@ -8,22 +8,14 @@ from typing import Any
 from transformers import PreTrainedConfig
 
 from hf_distill.models.embedder.configuration_embedder import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
+    PREPROCESSING_FIELDS,
     UniversalEmbedderConfig,
+    fill_preprocessing_defaults,
 )
 
 ACTIVATIONS = ("relu", "gelu", "silu")
 # Fields shared with UniversalEmbedderConfig: they describe the backbone and its preprocessing.
-_BACKBONE_FIELDS = (
-    "backbone",
-    "backbone_kwargs",
-    "image_size",
-    "resize_size",
-    "image_mean",
-    "image_std",
-    "resample",
-)
+_BACKBONE_FIELDS = ("backbone", "backbone_kwargs", *PREPROCESSING_FIELDS)
 
 
 class MlfdClassifierConfig(PreTrainedConfig):
@@ -77,10 +69,7 @@ class MlfdClassifierConfig(PreTrainedConfig):
                 )
         if not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
-        self.image_mean = list(self.image_mean if self.image_mean is not None else IMAGENET_MEAN)
-        self.image_std = list(self.image_std if self.image_std is not None else IMAGENET_STD)
-        if self.resize_size is None:
-            self.resize_size = self.image_size
+        fill_preprocessing_defaults(self)
         super().__post_init__(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:

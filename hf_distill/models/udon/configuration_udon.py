@@ -10,8 +10,8 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+from hf_distill.models.embedder.configuration_embedder import fill_preprocessing_defaults
+
 MARGIN_TYPES = ("none", "cosface", "arcface")
 
 # variant → (model switches, default sampling strategy). USCRR/UJCRR/USCDS/UJCDS: UnED paper baselines
@@ -117,10 +117,7 @@ class UdonConfig(PreTrainedConfig):
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         self.backbone_kwargs = dict(self.backbone_kwargs or {})
-        self.image_mean = list(self.image_mean if self.image_mean is not None else IMAGENET_MEAN)
-        self.image_std = list(self.image_std if self.image_std is not None else IMAGENET_STD)
-        if self.resize_size is None:
-            self.resize_size = self.image_size
+        fill_preprocessing_defaults(self)
         super().__post_init__(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:

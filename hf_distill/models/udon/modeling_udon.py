@@ -23,7 +23,7 @@ from transformers.utils import ModelOutput
 from hf_distill.losses.classification import CosineClassificationLoss, CosineClassifier
 from hf_distill.losses.logit import LogitDistillationLoss
 from hf_distill.losses.relational import RelationalDistillationLoss
-from hf_distill.models.embedder.configuration_embedder import UniversalEmbedderConfig
+from hf_distill.models.embedder.configuration_embedder import UniversalEmbedderConfig, preprocessing_of
 from hf_distill.models.embedder.modeling_embedder import (
     UniversalEmbedderModel,
     UniversalEmbedderPreTrainedModel,
@@ -68,11 +68,7 @@ def backbone_config(config: UdonConfig, embed_dim: int | None) -> UniversalEmbed
         feature_norm=True,
         embed_dim=embed_dim,
         normalize=True,
-        image_size=config.image_size,
-        resize_size=config.resize_size,
-        image_mean=list(config.image_mean),
-        image_std=list(config.image_std),
-        resample=config.resample,
+        **preprocessing_of(config),
     )
 
 

@@ -6,9 +6,9 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
+from hf_distill.models.embedder.configuration_embedder import fill_preprocessing_defaults
+
 TOKEN_TYPES = ("cls", "patch")
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 class UnicStudentConfig(PreTrainedConfig):
@@ -57,10 +57,7 @@ class UnicStudentConfig(PreTrainedConfig):
             shape["grid"] = [int(v) for v in shape["grid"]]
         if self.ladder_blocks is not None:
             self.ladder_blocks = [int(block) for block in self.ladder_blocks]
-        self.image_mean = list(self.image_mean if self.image_mean is not None else IMAGENET_MEAN)
-        self.image_std = list(self.image_std if self.image_std is not None else IMAGENET_STD)
-        if self.resize_size is None:
-            self.resize_size = self.image_size
+        fill_preprocessing_defaults(self)
         if self.image_size <= 0:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
         super().__post_init__(**kwargs)

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from hf_distill.models.embedder import UniversalEmbedderConfig, UniversalEmbedderModel, create_backbone
+from hf_distill.models.embedder.configuration_embedder import preprocessing_of
 from hf_distill.models.embedder.modeling_embedder import BackboneOnCPUInitMixin
 from hf_distill.models.unic.configuration_unic import TOKEN_TYPES, UnicStudentConfig
 
@@ -195,11 +196,7 @@ class UnicStudentModel(UnicStudentPreTrainedModel):
             feature_norm=False,
             embed_dim=None,
             normalize=True,
-            image_size=config.image_size,
-            resize_size=config.resize_size,
-            image_mean=list(config.image_mean),
-            image_std=list(config.image_std),
-            resample=config.resample,
+            **preprocessing_of(config),
         )
 
     def forward(
