@@ -17,7 +17,9 @@ from hf_distill.models.embedder.modeling_embedder import (
 AutoConfig.register(UniversalEmbedderConfig.model_type, UniversalEmbedderConfig, exist_ok=True)
 AutoModel.register(UniversalEmbedderConfig, UniversalEmbedderModel, exist_ok=True)
 AutoImageProcessor.register(
-    UniversalEmbedderConfig, image_processor_classes={"pil": UniversalEmbedderImageProcessor}, exist_ok=True
+    UniversalEmbedderConfig,
+    image_processor_classes={UniversalEmbedderImageProcessor.BACKEND: UniversalEmbedderImageProcessor},
+    exist_ok=True,
 )
 # save_pretrained copies the self-contained configuration/modeling files and writes `auto_map`, so that
 # trust_remote_code=True loads checkpoints in processes that never import hf_distill.

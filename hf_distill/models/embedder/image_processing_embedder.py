@@ -72,6 +72,11 @@ def _to_pil(image: Any) -> Image.Image:
 class UniversalEmbedderImageProcessor(BaseImageProcessor):
     """Evaluation preprocessing of a universal embedder.
 
+    It runs torchvision operations, so it is a ``"torchvision"``-backend processor (``BACKEND``) in the sense of
+    ``AutoImageProcessor``: transformers 5 asks for the torchvision backend whenever torchvision is installed
+    (timm needs it, so always here) and warns "Requested torchvision backend is not available. Falling back to
+    pil backend" when a processor is registered under ``"pil"`` only.
+
     Args:
         image_size: side of the square centre crop.
         resize_size: the shorter side is resized to this first (``None``: ``image_size``).
@@ -81,6 +86,12 @@ class UniversalEmbedderImageProcessor(BaseImageProcessor):
     """
 
     model_input_names = ["pixel_values"]
+    BACKEND = "torchvision"
+
+    @property
+    def backend(self) -> str:
+        """The backend this processor implements (``"torchvision"``), as transformers' own processors report."""
+        return self.BACKEND
 
     def __init__(
         self,
