@@ -13,16 +13,21 @@ import json
 import logging
 import math
 import os
+import random
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+import datasets
+import numpy as np
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from hf_distill.trainers.callbacks import StartingPointCallback
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +91,78 @@ class _EpochForwarder(TrainerCallback):
         self.sampler.set_epoch(int(math.floor((state.epoch or 0.0) + 1e-6)))
 
 
+class _AugmentationEpoch(TrainerCallback):
+    """Tells the trainer's seeded training set which epoch starts (see ``_EpochForwarder``)."""
+
+    def __init__(self, trainer: DistillationTrainer) -> None:
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        training_set = self.trainer._seeded_training_set
+        if training_set is not None:
+            training_set.set_epoch(int(math.floor((state.epoch or 0.0) + 1e-6)))
+
+
+class SeededAugmentationDataset(Dataset):
+    """Training set whose every batch draws its random augmentation from its own seeded RNG.
+
+    The loaders read one batch ahead, so with the global RNG a batch's crops and flips depend on when it was
+    fetched. A resumed run restores the global RNG of the checkpoint step, which the interrupted run had
+    already advanced by the batch it had read ahead: its augmentation ran one batch behind. Here a batch is
+    transformed with ``torch``, ``random`` and ``numpy`` seeded from ``(seed, epoch, its indices)`` and the
+    global states are restored afterwards, so augmentation depends on which batch it is, not on when it was
+    read, how many batches were skipped on resume, or which data-loader worker read it; the global RNG is
+    left to the training step (dropout, teacher dropping), whose state the checkpoint restores exactly.
+
+    Args:
+        dataset: the training set (a ``datasets.Dataset`` with an on-the-fly transform, or any map dataset).
+        seed: the run's seed.
+    """
+
+    def __init__(self, dataset: Any, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch mixed into the seeds (different crops of the same batch in every epoch).
+
+        Args:
+            epoch: zero-based epoch index.
+        """
+        self.epoch = int(epoch)
+
+    def batch_seed(self, indices: list[int]) -> int:
+        """The seed of the batch made of ``indices`` in the current epoch.
+
+        Args:
+            indices: dataset indices of the batch, in order.
+        """
+        entropy = [self.seed, self.epoch, len(indices), *(int(index) for index in indices)]
+        return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+    def __getitems__(self, indices: list[int]) -> list[Any]:
+        seed = self.batch_seed(indices)
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                random.seed(seed)
+                np.random.seed(seed)
+                if hasattr(self.dataset, "__getitems__"):
+                    return list(self.dataset.__getitems__(list(indices)))
+                return [self.dataset[index] for index in indices]
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.__getitems__([index])[0]
+
+
 class DistillationTrainer(Trainer):
     """Base trainer for multi-teacher distillation methods.
 
@@ -123,6 +200,16 @@ class DistillationTrainer(Trainer):
         self._train_batch_sampler: Any = None
         self._resume_checkpoint: str | None = None
         self._loaded_extra_state: dict[str, Any] | None = None
+        self._seeded_training_set: SeededAugmentationDataset | None = None
+        self.add_callback(_AugmentationEpoch(self))
+        # Training-time settings that live on the model (see hf_distill.layers.BackboneNormMixin).
+        norm = getattr(self.args, "backbone_norm", None)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if norm is not None and hasattr(unwrapped, "backbone_norm"):
+            unwrapped.backbone_norm = norm
+            unwrapped.train(unwrapped.training)
+        if self.evaluator is not None and getattr(self.args, "evaluate_starting_point", False):
+            self.add_callback(StartingPointCallback(self))
 
     def _validate_args(self) -> None:
         if self.evaluator is not None and self.eval_dataset is None:
@@ -320,7 +407,7 @@ class DistillationTrainer(Trainer):
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
         dataloader = DataLoader(
-            self.train_dataset,
+            self._seeded(self.train_dataset, "training"),
             batch_sampler=sampler,
             collate_fn=self.data_collator,
             num_workers=self.args.dataloader_num_workers,
@@ -335,6 +422,33 @@ class DistillationTrainer(Trainer):
             wrapper.num_processes = 1
             wrapper.process_index = 0
         return prepared
+
+    def _get_dataloader(
+        self,
+        dataset: Any,
+        description: str,
+        batch_size: int,
+        sampler_fn: Callable[[Any], Any] | None = None,
+        is_training: bool = False,
+        dataloader_key: str | None = None,
+    ) -> DataLoader:
+        # The Trainer's own training loader (no custom batch sampler): seed its augmentation per batch too.
+        if is_training and not isinstance(dataset, torch.utils.data.IterableDataset):
+            dataset = self._seeded(dataset, description)
+        return super()._get_dataloader(
+            dataset, description, batch_size, sampler_fn, is_training, dataloader_key
+        )
+
+    def _seeded(self, dataset: Any, description: str) -> SeededAugmentationDataset:
+        """Wrap the training set in a :class:`SeededAugmentationDataset` (unused columns removed first)."""
+        if isinstance(dataset, SeededAugmentationDataset):
+            return dataset
+        if isinstance(dataset, datasets.Dataset):
+            dataset = self._remove_unused_columns(dataset, description=description)
+        self._seeded_training_set = SeededAugmentationDataset(dataset, self.args.seed)
+        if self.state.epoch:
+            self._seeded_training_set.set_epoch(int(math.floor(self.state.epoch + 1e-6)))
+        return self._seeded_training_set
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         if self._checkpoint_states and self.args.should_save:
