@@ -295,7 +295,10 @@ def _convert(name: str, source_path: Path, target: Path, sha: str) -> None:
 
     source = _SOURCES[name]
     state = torch.load(source_path, map_location="cpu", weights_only=True)
-    model = timm.create_model(source.architecture, pretrained=False)
+    # The model only checks the remap; its random initialisation must not consume the global RNG, or a run that
+    # converts (the first one) would train differently from every later run with the same seed.
+    with torch.random.fork_rng(devices=[]):
+        model = timm.create_model(source.architecture, pretrained=False)
     remapped = source.remap(state, model)
     # A strict load proves every tensor found its place; it raises with the missing/unexpected keys otherwise.
     try:

@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -27,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from hf_distill.teachers.cache import transform_view
 from hf_distill.trainers.callbacks import StartingPointCallback
 
 logger = logging.getLogger(__name__)
@@ -110,9 +110,10 @@ class SeededAugmentationDataset(Dataset):
     fetched. A resumed run restores the global RNG of the checkpoint step, which the interrupted run had
     already advanced by the batch it had read ahead: its augmentation ran one batch behind. Here a batch is
     transformed with ``torch``, ``random`` and ``numpy`` seeded from ``(seed, epoch, its indices)`` and the
-    global states are restored afterwards, so augmentation depends on which batch it is, not on when it was
-    read, how many batches were skipped on resume, or which data-loader worker read it; the global RNG is
-    left to the training step (dropout, teacher dropping), whose state the checkpoint restores exactly.
+    global states restored afterwards (``hf_distill.teachers.cache.transform_view``), so augmentation depends
+    on which batch it is, not on when it was read, how many batches were skipped on resume, or which
+    data-loader worker read it; the global RNG is left to the training step (dropout, teacher dropping), whose
+    state the checkpoint restores exactly.
 
     Args:
         dataset: the training set (a ``datasets.Dataset`` with an on-the-fly transform, or any map dataset).
@@ -145,19 +146,12 @@ class SeededAugmentationDataset(Dataset):
         return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
     def __getitems__(self, indices: list[int]) -> list[Any]:
-        seed = self.batch_seed(indices)
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                random.seed(seed)
-                np.random.seed(seed)
-                if hasattr(self.dataset, "__getitems__"):
-                    return list(self.dataset.__getitems__(list(indices)))
-                return [self.dataset[index] for index in indices]
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
+        return transform_view(self._fetch, list(indices), self.batch_seed(indices))
+
+    def _fetch(self, indices: list[int]) -> list[Any]:
+        if hasattr(self.dataset, "__getitems__"):
+            return list(self.dataset.__getitems__(indices))
+        return [self.dataset[index] for index in indices]
 
     def __getitem__(self, index: int) -> Any:
         return self.__getitems__([index])[0]
