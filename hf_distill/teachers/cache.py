@@ -115,11 +115,12 @@ def view_seed(seed: int, source_index: int, view: int) -> int:
 
 def transform_view(transform: Callable[[Any], torch.Tensor], image: Any, seed: int) -> torch.Tensor:
     """Apply ``transform`` with every global RNG it might use (torch, random, numpy) seeded, then restore them,
-    so the caller's random state is untouched."""
+    so the caller's random state is untouched. Only the CPU generator is seeded: views are made on the CPU, and
+    ``torch.manual_seed`` would also queue a CUDA seeding whose stack capture costs about 1 ms per view."""
     python_state, numpy_state = random.getstate(), np.random.get_state()
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             random.seed(seed)
             np.random.seed(seed % 2**32)
             return transform(image)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
@@ -24,7 +23,6 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
-from transformers import TrainingArguments
 
 from hf_distill.data.decoding import to_rgb
 from hf_distill.losses.standardization import FeatureStandardizer
@@ -39,6 +37,7 @@ from hf_distill.teachers.cache import (
     view_seed,
 )
 from hf_distill.teachers.loader import FrozenTeacher
+from hf_distill.trainers.arguments import UnicTrainingArguments
 from hf_distill.trainers.base import DistillationTrainer
 
 logger = logging.getLogger(__name__)
@@ -78,33 +77,6 @@ def teacher_targets(teachers: nn.ModuleDict, images: torch.Tensor) -> dict[str, 
         output = teacher(teacher.prepare(images))
         targets[name] = {"cls": output.global_features, "patch": output.tokens}
     return targets
-
-
-@dataclass
-class UnicTrainingArguments(TrainingArguments):
-    """``TrainingArguments`` plus UNIC's loss settings.
-
-    Args:
-        drop_prob: teacher-dropping probability ``p`` (released code 0.5; paper's large models 0.25).
-        token_reduction: a teacher's per-image loss is the ``"mean"`` (released code) or ``"sum"`` (paper) of its
-            CLS and patch losses.
-        smooth_l1_beta: smooth-L1 threshold.
-        standardize_targets: standardise teacher targets with running statistics.
-        momentum_start / momentum_end: cosine schedule of the statistics' momentum.
-    """
-
-    drop_prob: float = field(
-        default=0.5, metadata={"help": "teacher-dropping probability of non-max teachers"}
-    )
-    token_reduction: str = field(default="mean", metadata={"help": "'mean' (released code) or 'sum' (paper)"})
-    smooth_l1_beta: float = field(default=1.0, metadata={"help": "smooth-L1 beta"})
-    standardize_targets: bool = field(default=True, metadata={"help": "standardise teacher targets"})
-    momentum_start: float = field(default=1.0, metadata={"help": "standardisation momentum at step 0"})
-    momentum_end: float = field(default=0.001, metadata={"help": "standardisation momentum at the last step"})
-    # Batches carry ``images`` and target columns the model's forward does not name.
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "keep batch columns (needed by UNIC)"}
-    )
 
 
 class UnicTrainer(DistillationTrainer):
@@ -273,11 +245,13 @@ class CachedViewDataset(Dataset):
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
-        # The DataLoader fetches a whole batch through this method: one Arrow read for all its rows.
+        # The DataLoader fetches a whole batch through this method: one Arrow read for all its target rows and
+        # one for all its source images.
         rows = self.cache[[int(index) for index in indices]]
+        sources = rows["source_index"].tolist()
+        images = self.images[sources]["image"]
         items = []
-        for position, (source, view) in enumerate(zip(rows["source_index"].tolist(), rows["view"].tolist())):
-            image = self.images[source]["image"]
+        for position, (source, view, image) in enumerate(zip(sources, rows["view"].tolist(), images)):
             item = {"images": transform_view(self.transform, image, view_seed(self.seed, source, view))}
             item.update({name: rows[name][position] for name in self.target_columns})
             items.append(item)
