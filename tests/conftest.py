@@ -8,3 +8,4 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from fixtures_data import *  # noqa: E402,F401,F403  (benchmark fixtures)
 from fixtures_hub import *  # noqa: E402,F401,F403  (local Hub test server)
+from fixtures_weights import *  # noqa: E402,F401,F403  (offline pretrained weights)

@@ -74,7 +74,7 @@ def test_backbone_frozen_for_first_epoch_then_trained_with_its_own_lr(tmp_path):
         torch.testing.assert_close(value, start_backbone[key])
     assert not torch.equal(model.student_head.weight, start_head)
     # while frozen the backbone ran without autograd
-    assert model.backbone_requires_grad is False
+    assert model.backbone_frozen is True
     rates = {group["udon_group"]: group["initial_lr"] for group in trainer.optimizer.param_groups}
     assert rates == {"heads": 1e-2, "backbone": 5e-3}
 
@@ -85,7 +85,7 @@ def test_backbone_trains_after_the_frozen_epochs(tmp_path):
     trainer = UdonTrainer(model=model, args=tiny_args(tmp_path), train_dataset=tiny_dataset())
     trainer.train()
     assert not torch.equal(model.backbone.patch_embed.proj.weight, start)
-    assert model.backbone_requires_grad is True
+    assert model.backbone_frozen is False
 
 
 def test_per_domain_losses_probabilities_and_plot(tmp_path):

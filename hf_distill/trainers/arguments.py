@@ -1,4 +1,4 @@
-"""Training arguments of the distillation trainers (``TrainingArguments`` plus method fields)."""
+"""Training arguments of every distillation trainer: one shared base plus one subclass per method."""
 
 from __future__ import annotations
 
@@ -6,11 +6,43 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from hf_distill.layers import BACKBONE_NORM_MODES
 from hf_distill.sampling import STRATEGIES
 
 
 @dataclass
-class UdonTrainingArguments(TrainingArguments):
+class DistillationTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus the settings every method shares.
+
+    Args:
+        backbone_norm: running statistics (BatchNorm) of the trained backbone. ``"auto"`` (default): kept fixed
+            (``"frozen"``) when the backbone starts from pretrained weights, updated (``"train"``) when it starts
+            from scratch. ``"frozen"`` keeps every running-statistics layer in eval mode while its affine
+            parameters train — what fine-tuning a pretrained CNN on single-domain batches needs (SPEC §6);
+            ``"train"`` lets them follow the training batches. A frozen backbone always runs wholly in eval mode.
+            ViTs have no running statistics: the setting changes nothing for them.
+        evaluate_starting_point: evaluate the untrained model with the trainer's evaluator before the first step,
+            log it at step 0 and warn at the end of training if the best evaluation is below it.
+    """
+
+    backbone_norm: str = field(
+        default="auto",
+        metadata={"help": f"one of {BACKBONE_NORM_MODES}: BatchNorm statistics of the backbone"},
+    )
+    evaluate_starting_point: bool = field(
+        default=True, metadata={"help": "evaluate the untrained model at step 0 and compare at the end"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.backbone_norm not in BACKBONE_NORM_MODES:
+            raise ValueError(
+                f"backbone_norm must be one of {BACKBONE_NORM_MODES}, got {self.backbone_norm!r}"
+            )
+
+
+@dataclass
+class UdonTrainingArguments(DistillationTrainingArguments):
     """``TrainingArguments`` for UDON (SPEC §1 optimisation and sampling).
 
     ``learning_rate`` is the heads' (and classifiers') learning rate (paper: 1e-3, constant).
@@ -44,7 +76,44 @@ class UdonTrainingArguments(TrainingArguments):
         if self.backbone_frozen_epochs < 0:
             raise ValueError(f"backbone_frozen_epochs must be >= 0, got {self.backbone_frozen_epochs}")
         if self.backbone_frozen_epochs > 0 and self.ddp_find_unused_parameters is None:
-            # The frozen backbone gets no gradient (see UdonModel.backbone_requires_grad); DDP must allow it.
+            # The frozen backbone gets no gradient (see UdonModel.backbone_frozen); DDP must allow it.
             self.ddp_find_unused_parameters = True
         if self.backbone_learning_rate is None:
             self.backbone_learning_rate = self.learning_rate * self.backbone_lr_ratio
+
+
+@dataclass
+class UnicTrainingArguments(DistillationTrainingArguments):
+    """``DistillationTrainingArguments`` plus UNIC's loss settings (SPEC §3).
+
+    Args:
+        drop_prob: teacher-dropping probability ``p`` (released code 0.5; paper's large models 0.25).
+        token_reduction: a teacher's per-image loss is the ``"mean"`` (released code) or ``"sum"`` (paper) of its
+            CLS and patch losses.
+        smooth_l1_beta: smooth-L1 threshold.
+        standardize_targets: standardise teacher targets with running statistics.
+        momentum_start / momentum_end: cosine schedule of the statistics' momentum.
+    """
+
+    drop_prob: float = field(
+        default=0.5, metadata={"help": "teacher-dropping probability of non-max teachers"}
+    )
+    token_reduction: str = field(default="mean", metadata={"help": "'mean' (released code) or 'sum' (paper)"})
+    smooth_l1_beta: float = field(default=1.0, metadata={"help": "smooth-L1 beta"})
+    standardize_targets: bool = field(default=True, metadata={"help": "standardise teacher targets"})
+    momentum_start: float = field(default=1.0, metadata={"help": "standardisation momentum at step 0"})
+    momentum_end: float = field(default=0.001, metadata={"help": "standardisation momentum at the last step"})
+    # Batches carry ``images`` and target columns the model's forward does not name.
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "keep batch columns (needed by UNIC)"}
+    )
+
+
+@dataclass
+class MlfdTrainingArguments(DistillationTrainingArguments):
+    """``DistillationTrainingArguments`` for MLFD's stages (SPEC §4); the stage runner fills them per stage."""
+
+    # Batches carry cached teacher maps the model's forward does not name.
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "keep batch columns (needed by MLFD)"}
+    )

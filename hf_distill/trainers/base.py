@@ -26,6 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from hf_distill.trainers.callbacks import StartingPointCallback
+
 from hf_distill.teachers.cache import transform_view
 from hf_distill.trainers.callbacks import StartingPointCallback
 
@@ -194,6 +196,14 @@ class DistillationTrainer(Trainer):
         self._train_batch_sampler: Any = None
         self._resume_checkpoint: str | None = None
         self._loaded_extra_state: dict[str, Any] | None = None
+        # Training-time settings that live on the model (see hf_distill.layers.BackboneNormMixin).
+        norm = getattr(self.args, "backbone_norm", None)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if norm is not None and hasattr(unwrapped, "backbone_norm"):
+            unwrapped.backbone_norm = norm
+            unwrapped.train(unwrapped.training)
+        if self.evaluator is not None and getattr(self.args, "evaluate_starting_point", False):
+            self.add_callback(StartingPointCallback(self))
         self._seeded_training_set: SeededAugmentationDataset | None = None
         self.add_callback(_AugmentationEpoch(self))
         # Training-time settings that live on the model (see hf_distill.layers.BackboneNormMixin).

@@ -125,7 +125,7 @@ class UdonTrainer(DistillationTrainer):
         """
         if model.training:
             frozen = self.state.global_step < self._frozen_steps
-            self.accelerator.unwrap_model(model).backbone_requires_grad = not frozen
+            self.accelerator.unwrap_model(model).backbone_frozen = frozen
         outputs = model(
             pixel_values=inputs["pixel_values"], labels=inputs["labels"], domain_ids=inputs["domain_ids"]
         )

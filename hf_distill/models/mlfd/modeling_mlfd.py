@@ -11,6 +11,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
+from hf_distill.layers import BackboneNormMixin
 from hf_distill.models.embedder.modeling_embedder import (
     BackboneOnCPUInitMixin,
     UniversalEmbedderModel,
@@ -70,7 +71,7 @@ class MlfdPreTrainedModel(BackboneOnCPUInitMixin, PreTrainedModel):
         return
 
 
-class MlfdClassifierModel(MlfdPreTrainedModel):
+class MlfdClassifierModel(BackboneNormMixin, MlfdPreTrainedModel):
     """A timm backbone with a classification head; an MLFD individual teacher or a dataset-specific student.
 
     Args:
@@ -88,6 +89,7 @@ class MlfdClassifierModel(MlfdPreTrainedModel):
     def __init__(self, config: MlfdClassifierConfig) -> None:
         super().__init__(config)
         self.backbone, self.feature_dim = create_backbone(config.to_embedder_config())
+        self.backbone_pretrained = config.pretrained_file is not None
         if not hasattr(self.backbone, "forward_intermediates"):
             raise ValueError(
                 f"backbone {config.backbone!r} has no forward_intermediates; MLFD needs a timm model exposing "

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
+from hf_distill.layers import BackboneNormMixin
 from hf_distill.losses.classification import CosineClassificationLoss, CosineClassifier
 from hf_distill.losses.logit import LogitDistillationLoss
 from hf_distill.losses.relational import RelationalDistillationLoss
@@ -92,8 +93,12 @@ class UdonPreTrainedModel(UniversalEmbedderPreTrainedModel):
         return [head for head in heads if head is not None]
 
 
-class UdonModel(UdonPreTrainedModel):
+class UdonModel(BackboneNormMixin, UdonPreTrainedModel):
     """UDON model: shared backbone, per-domain teacher heads and classifiers, universal student head.
+
+    The backbone's running-statistics layers follow ``backbone_norm`` (see
+    :class:`~hf_distill.layers.BackboneNormMixin`; the trainer sets it from the training arguments) and the
+    whole backbone runs in eval mode while ``backbone_frozen`` is set (UDON's first epochs).
 
     Args:
         config: a :class:`UdonConfig` with ``domains`` and ``num_classes`` set.
@@ -111,6 +116,7 @@ class UdonModel(UdonPreTrainedModel):
         if not config.domains:
             raise ValueError("UdonConfig.domains is empty: give the domain names and their num_classes")
         self.backbone, self.feature_dim = create_backbone(backbone_config(config, config.embed_dim))
+        self.backbone_pretrained = config.pretrained_file is not None
         self.student_head = nn.Linear(self.feature_dim, config.embed_dim)
         if config.use_teacher:
             self.teacher_heads = nn.ModuleList(
@@ -139,9 +145,6 @@ class UdonModel(UdonPreTrainedModel):
         )
         self.logit_loss = LogitDistillationLoss(config.temperature)
         self.relational_loss = RelationalDistillationLoss()
-        # Set by the trainer while the backbone is frozen: its forward then runs without autograd, which
-        # saves the backward pass through it (its learning rate is 0 anyway).
-        self.backbone_requires_grad = True
         self.post_init()
 
     def forward(
@@ -160,7 +163,9 @@ class UdonModel(UdonPreTrainedModel):
             domain_ids: ``(batch,)`` domain index of every image; all equal (batches are single-domain).
             return_dict: ignored; a :class:`UdonOutput` is always returned.
         """
-        if self.training and not self.backbone_requires_grad:
+        # While the trainer holds the backbone frozen its forward runs without autograd, which saves the
+        # backward pass through it (its learning rate is 0 anyway).
+        if self.training and self.backbone_frozen:
             with torch.no_grad():
                 features = self.backbone(pixel_values)
         else:

@@ -3,8 +3,9 @@ and patch tokens of several frozen teachers through a *ladder of projectors*.
 
 For every teacher and token type (CLS / patch) there is one 2-layer MLP (Linear → GELU → Linear) on the output
 of each selected student block; their outputs are summed. Intermediate-block projectors have hidden width
-``d`` (the student width), the last block's ``4d``. Intermediate blocks are read before the final LayerNorm,
-the last one after it — the same tensor the exported embedder returns. When a teacher's token grid differs
+``d`` (the student width), the last block's ``4d``. Intermediate blocks are read before the final LayerNorm; the
+last one raw as well (the authors' code) or after it (``last_rung_input="normed"``, the tensor the exported
+embedder returns). When a teacher's token grid differs
 from the student's, the student's tokens are resized bilinearly to the teacher's grid before projection.
 
 The projectors are expendable: `UnicStudentModel.export_embedder` returns a `UniversalEmbedderModel` holding
@@ -21,6 +22,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
+from hf_distill.layers import BackboneNormMixin
 from hf_distill.models.embedder import UniversalEmbedderConfig, UniversalEmbedderModel, create_backbone
 from hf_distill.models.embedder.configuration_embedder import preprocessing_of
 from hf_distill.models.embedder.modeling_embedder import BackboneOnCPUInitMixin
@@ -118,12 +120,17 @@ class UnicStudentPreTrainedModel(BackboneOnCPUInitMixin, PreTrainedModel):
     input_modalities = ("image",)
 
     def _init_weights(self, module: nn.Module) -> None:
-        # The timm backbone keeps its own initialisation; projector layers get PyTorch's default one.
+        # The timm backbone keeps its own initialisation (or pretrained weights); projector layers get the
+        # configured one.
         if isinstance(module, nn.Linear) and not any(module is m for m in self.backbone.modules()):
-            module.reset_parameters()
+            if self.config.projector_init == "trunc_normal":
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+            else:
+                module.reset_parameters()
 
 
-class UnicStudentModel(UnicStudentPreTrainedModel):
+class UnicStudentModel(BackboneNormMixin, UnicStudentPreTrainedModel):
     """UNIC student: a timm ViT plus, per teacher and token type, a ladder of projectors.
 
     Args:
@@ -140,6 +147,7 @@ class UnicStudentModel(UnicStudentPreTrainedModel):
         if not config.teachers:
             raise ValueError("UnicStudentConfig.teachers is empty: a UNIC student needs at least one teacher")
         self.backbone, self.feature_dim = create_backbone(self.embedder_config(training=True))
+        self.backbone_pretrained = config.pretrained_file is not None
         if not hasattr(self.backbone, "forward_intermediates") or not hasattr(self.backbone, "blocks"):
             raise ValueError(f"UNIC student backbone {config.backbone!r} must be a timm ViT with blocks")
         depth = len(self.backbone.blocks)
@@ -181,7 +189,7 @@ class UnicStudentModel(UnicStudentPreTrainedModel):
         """The `UniversalEmbedderConfig` of the student's backbone (the exported artefact).
 
         Args:
-            training: include the training-only ``drop_path_rate``.
+            training: include the training-only ``drop_path_rate`` and the ``pretrained_file`` to start from.
         """
         config = self.config
         kwargs = dict(config.backbone_kwargs)
@@ -192,6 +200,7 @@ class UnicStudentModel(UnicStudentPreTrainedModel):
             backbone=config.backbone,
             backbone_source="timm",
             backbone_kwargs=kwargs,
+            pretrained_file=config.pretrained_file if training else None,
             pooling="token",
             feature_norm=False,
             embed_dim=None,
@@ -223,9 +232,11 @@ class UnicStudentModel(UnicStudentPreTrainedModel):
             pixel_values, indices=self.ladder_blocks, return_prefix_tokens=True, norm=False, output_fmt="NLC"
         )
         prefix = self.backbone.num_prefix_tokens
-        # Intermediate blocks are read raw; the last one after the final norm, as the exported embedder sees it.
-        cls_features = [tokens_prefix[1][:, 0] for tokens_prefix in intermediates[:-1]] + [final[:, 0]]
-        patch_features = [tokens_prefix[0] for tokens_prefix in intermediates[:-1]] + [final[:, prefix:]]
+        # Intermediate blocks are read raw; the last one raw too, or after the final norm (last_rung_input).
+        cls_features = [tokens_prefix[1][:, 0] for tokens_prefix in intermediates]
+        patch_features = [tokens_prefix[0] for tokens_prefix in intermediates]
+        if self.config.last_rung_input == "normed":
+            cls_features[-1], patch_features[-1] = final[:, 0], final[:, prefix:]
         predictions = {}
         for name, ladder in self.ladders.items():
             target_grid = tuple(self.config.teachers[name]["grid"])
