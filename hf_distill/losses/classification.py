@@ -46,7 +46,10 @@ class CosineClassifier(nn.Module):
         Args:
             features: ``(batch, in_features)``; normalised here, so unnormalised input is fine.
         """
-        return F.linear(F.normalize(features, dim=-1), F.normalize(self.weight, dim=-1))
+        # Float32 even under autocast: the cosines are scaled (UDON: x16) into a softmax, and a half-precision
+        # product would move the logits by up to ~0.06.
+        with torch.autocast(features.device.type, enabled=False):
+            return F.linear(F.normalize(features.float(), dim=-1), F.normalize(self.weight.float(), dim=-1))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, num_classes={self.num_classes}"

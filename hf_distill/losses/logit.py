@@ -30,8 +30,9 @@ def kl_logit_distillation(
             f"student and teacher logits differ in shape: {tuple(student_logits.shape)} vs "
             f"{tuple(teacher_logits.shape)}"
         )
-    teacher_log_p = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
-    student_log_p = F.log_softmax(student_logits / temperature, dim=-1)
+    # In float32: half-precision logits divided by a small temperature lose most of their resolution.
+    teacher_log_p = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    student_log_p = F.log_softmax(student_logits.float() / temperature, dim=-1)
     return F.kl_div(student_log_p, teacher_log_p, reduction="batchmean", log_target=True)
 
 
@@ -52,8 +53,8 @@ def soft_cross_entropy_distillation(
             f"student and teacher logits differ in shape: {tuple(student_logits.shape)} vs "
             f"{tuple(teacher_logits.shape)}"
         )
-    teacher_p = F.softmax(teacher_logits.detach() / temperature, dim=-1)
-    student_log_p = F.log_softmax(student_logits / temperature, dim=-1)
+    teacher_p = F.softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    student_log_p = F.log_softmax(student_logits.float() / temperature, dim=-1)
     return temperature**2 * -(teacher_p * student_log_p).sum(dim=-1).mean()
 
 

@@ -19,9 +19,12 @@ def similarity_matrix(embeddings: torch.Tensor, normalize: bool = True) -> torch
         embeddings: ``(batch, dim)``.
         normalize: L2-normalise the rows first, giving cosine similarities.
     """
-    if normalize:
-        embeddings = F.normalize(embeddings, dim=-1)
-    return embeddings @ embeddings.T
+    # Float32 even under autocast: the loss is the small difference of two such matrices.
+    with torch.autocast(embeddings.device.type, enabled=False):
+        embeddings = embeddings.float()
+        if normalize:
+            embeddings = F.normalize(embeddings, dim=-1)
+        return embeddings @ embeddings.T
 
 
 def relational_distillation_loss(

@@ -97,7 +97,8 @@ class FeatureStandardizer:
             m = self.momentum(step)
             self.means[key] = (1.0 - m) * mean + m * batch_mean
             self.stds[key] = (1.0 - m) * std + m * batch_std
-        return standardized.to(features.dtype)
+        # Float32 whatever the teachers' dtype: the loss compares these to the student's predictions.
+        return standardized
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         """Statistics as CPU tensors (stored in every checkpoint)."""

@@ -29,7 +29,8 @@ def teacher_dropping_coefficients(
     losses = losses.detach()
     keep = torch.rand(losses.shape, device=losses.device, generator=generator) >= drop_prob
     keep.scatter_(1, losses.argmax(dim=1, keepdim=True), True)
-    coefficients = keep.to(losses.dtype)
+    # Float32 whatever the losses' dtype: 1 / (number kept) is not a bf16 number for most counts.
+    coefficients = keep.float()
     return coefficients / coefficients.sum()
 
 
@@ -54,7 +55,7 @@ def teacher_dropping_loss(
     names = teacher_names or [f"teacher_{i}" for i in range(losses.shape[1])]
     if len(names) != losses.shape[1]:
         raise ValueError(f"{len(names)} teacher names for {losses.shape[1]} loss columns")
-    output = {"loss": (coefficients * losses).sum()}
+    output = {"loss": (coefficients * losses.float()).sum()}
     kept = (coefficients > 0).float().mean(dim=0)
     detached = losses.detach().mean(dim=0)
     for index, name in enumerate(names):

@@ -38,7 +38,8 @@ def feature_distillation_loss(
         raise ValueError(
             f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ in shape"
         )
-    target = target.detach().to(prediction.dtype)
+    # In float32: standardised float32 targets are not rounded to a half-precision prediction's dtype.
+    prediction, target = prediction.float(), target.detach().float()
     cosine = F.cosine_similarity(prediction, target, dim=-1)
     smooth_l1 = F.smooth_l1_loss(prediction, target, beta=beta, reduction="none").mean(dim=-1)
     loss = cosine_weight * (1.0 - cosine) + smooth_l1_weight * smooth_l1
