@@ -44,8 +44,9 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix hf_distill recipes tests benchmarks model_cards examples
 	$(VENV)/bin/ruff format hf_distill recipes tests benchmarks model_cards examples
 
+# One table: every benchmarks/bench_*.py figure next to its limit measured in the same run (docs/performance.md).
 bench: $(STAMP) $(DATA_STAMP)
-	for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data outputs .assets
