@@ -71,13 +71,28 @@ def test_dynamic_first_window_round_robin_then_loss_proportional():
     assert sampler.current_probabilities() == pytest.approx({"a": 0.125, "b": 0.25, "c": 0.625})
 
 
-def test_dynamic_unseen_domain_keeps_its_weight():
-    sampler = DomainBatchSampler(DOMAINS, batch_size=4, strategy="dynamic", update_every=3, seed=0)
+@pytest.mark.parametrize(
+    "rule, expected",
+    [
+        # b keeps 0.25; a and c share the remaining 0.75 in proportion 1:3
+        ("keep_mass", [0.1875, 0.25, 0.5625]),
+        # released code: a, c normalised to 0.25, 0.75; b added back at 0.25; all divided by 1.25
+        ("authors", [0.2, 0.2, 0.6]),
+    ],
+)
+def test_dynamic_unseen_domain_rules(rule, expected):
+    sampler = DomainBatchSampler(
+        DOMAINS, batch_size=4, strategy="dynamic", update_every=3, seed=0, unseen_rule=rule
+    )
     sampler._history[1] = [0.5, 0.25, 0.25]
     # window 1 (positions 3-5) trained only on domains a and c, with mean losses 1 and 3
     sampler._window_losses[1] = [[2.0, 2], [0.0, 0], [3.0, 1]]
-    # b keeps 0.25; a and c share the remaining 0.75 in proportion 1:3
-    np.testing.assert_allclose(sampler.window_probabilities(2), [0.1875, 0.25, 0.5625])
+    np.testing.assert_allclose(sampler.window_probabilities(2), expected)
+
+
+def test_unknown_unseen_rule_is_refused():
+    with pytest.raises(ValueError, match="unseen_rule must be one of"):
+        DomainBatchSampler(DOMAINS, batch_size=4, unseen_rule="paper")
 
 
 def test_same_seed_same_batches_other_seed_differs():

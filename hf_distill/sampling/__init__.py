@@ -2,9 +2,16 @@
 
 from hf_distill.sampling.domain_sampler import (
     STRATEGIES,
+    UNSEEN_RULES,
     DomainBatchSampler,
     group_indices_by_domain,
     largest_remainder_counts,
 )
 
-__all__ = ["STRATEGIES", "DomainBatchSampler", "group_indices_by_domain", "largest_remainder_counts"]
+__all__ = [
+    "STRATEGIES",
+    "UNSEEN_RULES",
+    "DomainBatchSampler",
+    "group_indices_by_domain",
+    "largest_remainder_counts",
+]

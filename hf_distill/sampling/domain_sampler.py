@@ -32,6 +32,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("round_robin", "size", "balanced", "dynamic")
+UNSEEN_RULES = ("authors", "keep_mass")
 
 
 def largest_remainder_counts(probabilities: Sequence[float], total: int) -> list[int]:
@@ -67,6 +68,11 @@ class DomainBatchSampler:
         probability_temperature: extension, off by default (1.0): dynamic probabilities are raised to
             ``1 / temperature`` and renormalised (> 1 flattens them).
         probability_floor: extension, off by default (0.0): minimum dynamic probability of every domain.
+        unseen_rule: how a dynamic update treats domains not trained in the last window. ``"authors"``
+            (default, the released UDON code): the seen domains' loss proportions are normalised to sum to 1,
+            the unseen ones are added back at their old probability and all are renormalised (which shrinks
+            the unseen ones slightly). ``"keep_mass"`` (the paper's wording read literally): the unseen domains
+            keep exactly their old probability and the seen ones share the rest.
     """
 
     def __init__(
@@ -81,6 +87,7 @@ class DomainBatchSampler:
         steps_per_epoch: int | None = None,
         probability_temperature: float = 1.0,
         probability_floor: float = 0.0,
+        unseen_rule: str = "authors",
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"sampling strategy must be one of {STRATEGIES}, got '{strategy}'")
@@ -91,6 +98,8 @@ class DomainBatchSampler:
                 f"need batch_size >= 1 and 0 <= rank < num_replicas, got batch_size={batch_size}, "
                 f"rank={rank}, num_replicas={num_replicas}"
             )
+        if unseen_rule not in UNSEEN_RULES:
+            raise ValueError(f"unseen_rule must be one of {UNSEEN_RULES}, got {unseen_rule!r}")
         if update_every < 1:
             raise ValueError(f"update_every must be >= 1, got {update_every}")
         if probability_temperature <= 0 or not 0.0 <= probability_floor * len(domain_indices) <= 1.0:
@@ -115,6 +124,7 @@ class DomainBatchSampler:
         self.update_every = update_every
         self.probability_temperature = probability_temperature
         self.probability_floor = probability_floor
+        self.unseen_rule = unseen_rule
         sizes = [len(idx) for idx in self.indices]
         self.batches_per_pass = [n // self.global_batch_size for n in sizes]
         self.steps_per_epoch = steps_per_epoch if steps_per_epoch is not None else sum(self.batches_per_pass)
@@ -174,10 +184,14 @@ class DomainBatchSampler:
         mean_loss = np.array([total / count if count > 0 else 0.0 for total, count in losses])
         new = previous.copy()
         if seen.any() and mean_loss[seen].sum() > 0:
-            # Literal reading of SPEC §1: unseen domains keep their old weight; the rest of the mass is shared
-            # by the seen domains in proportion to their mean loss, so the weights sum to one.
-            free_mass = 1.0 - previous[~seen].sum()
-            new[seen] = free_mass * mean_loss[seen] / mean_loss[seen].sum()
+            if self.unseen_rule == "keep_mass":
+                # Unseen domains keep their old weight; the seen ones share the rest in proportion to their loss.
+                free_mass = 1.0 - previous[~seen].sum()
+                new[seen] = free_mass * mean_loss[seen] / mean_loss[seen].sum()
+            else:
+                # Released code: seen domains normalised among themselves, unseen ones added back at their old
+                # value; the final renormalisation below shrinks every weight by 1 + Σ_unseen p.
+                new[seen] = mean_loss[seen] / mean_loss[seen].sum()
         if self.probability_temperature != 1.0:
             new = new ** (1.0 / self.probability_temperature)
             new /= new.sum()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from hf_distill.layers import BACKBONE_NORM_MODES
-from hf_distill.sampling import STRATEGIES
+from hf_distill.sampling import STRATEGIES, UNSEEN_RULES
 
 
 @dataclass
@@ -55,6 +55,8 @@ class UdonTrainingArguments(DistillationTrainingArguments):
         sampling_strategy: ``round_robin``, ``size``, ``balanced`` or ``dynamic``; default: the variant's.
         sampling_update_every: batches per dynamic-sampling window ``U`` (released code: 1000).
         sampling_temperature / sampling_floor: optional smoothing of dynamic probabilities (off).
+        sampling_unseen_rule: dynamic update of domains unseen in the last window: ``"authors"`` (default, the
+            released code) or ``"keep_mass"`` (see ``DomainBatchSampler``).
         plot_sampling_curves: write ``sampling_curves.png`` (per-domain losses and probabilities).
     """
 
@@ -67,12 +69,19 @@ class UdonTrainingArguments(DistillationTrainingArguments):
     sampling_update_every: int = field(default=1000, metadata={"help": "batches per dynamic sampling window"})
     sampling_temperature: float = field(default=1.0, metadata={"help": "dynamic probabilities ** (1/T)"})
     sampling_floor: float = field(default=0.0, metadata={"help": "minimum dynamic sampling probability"})
+    sampling_unseen_rule: str = field(
+        default="authors", metadata={"help": f"one of {UNSEEN_RULES}: dynamic update of unseen domains"}
+    )
     plot_sampling_curves: bool = field(default=True, metadata={"help": "plot losses/probabilities to PNG"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.sampling_strategy is not None and self.sampling_strategy not in STRATEGIES:
             raise ValueError(f"sampling_strategy must be one of {STRATEGIES}, got '{self.sampling_strategy}'")
+        if self.sampling_unseen_rule not in UNSEEN_RULES:
+            raise ValueError(
+                f"sampling_unseen_rule must be one of {UNSEEN_RULES}, got {self.sampling_unseen_rule!r}"
+            )
         if self.backbone_frozen_epochs < 0:
             raise ValueError(f"backbone_frozen_epochs must be >= 0, got {self.backbone_frozen_epochs}")
         if self.backbone_frozen_epochs > 0 and self.ddp_find_unused_parameters is None:

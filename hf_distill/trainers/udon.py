@@ -112,6 +112,7 @@ class UdonTrainer(DistillationTrainer):
             update_every=self.args.sampling_update_every,
             probability_temperature=self.args.sampling_temperature,
             probability_floor=self.args.sampling_floor,
+            unseen_rule=self.args.sampling_unseen_rule,
         )
 
     # --------------------------------------------------------------------------------------- losses
