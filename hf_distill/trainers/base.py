@@ -26,8 +26,6 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hf_distill.trainers.callbacks import StartingPointCallback
-
 from hf_distill.teachers.cache import transform_view
 from hf_distill.trainers.callbacks import StartingPointCallback
 
@@ -106,16 +104,16 @@ class _AugmentationEpoch(TrainerCallback):
 
 
 class SeededAugmentationDataset(Dataset):
-    """Training set whose every batch draws its random augmentation from its own seeded RNG.
+    """Training set whose every example draws its random augmentation from its own seeded RNG.
 
-    The loaders read one batch ahead, so with the global RNG a batch's crops and flips depend on when it was
+    The loaders read one batch ahead, so with the global RNG an example's crops and flips depend on when it was
     fetched. A resumed run restores the global RNG of the checkpoint step, which the interrupted run had
-    already advanced by the batch it had read ahead: its augmentation ran one batch behind. Here a batch is
-    transformed with ``torch``, ``random`` and ``numpy`` seeded from ``(seed, epoch, its indices)`` and the
-    global states restored afterwards (``hf_distill.teachers.cache.transform_view``), so augmentation depends
-    on which batch it is, not on when it was read, how many batches were skipped on resume, or which
-    data-loader worker read it; the global RNG is left to the training step (dropout, teacher dropping), whose
-    state the checkpoint restores exactly.
+    already advanced by the batch it had read ahead: its augmentation ran one batch behind. Here an example is
+    transformed with ``torch``, ``random`` and ``numpy`` seeded from ``(seed, epoch, index)`` and the global
+    states restored afterwards (``hf_distill.teachers.cache.transform_view``, as for cached views), so
+    augmentation depends on which example of which epoch it is, not on when it was read, how many batches were
+    skipped on resume, which data-loader worker read it or how many processes share the batch; the global RNG
+    is left to the training step (dropout, teacher dropping), whose state the checkpoint restores exactly.
 
     Args:
         dataset: the training set (a ``datasets.Dataset`` with an on-the-fly transform, or any map dataset).
@@ -131,32 +129,23 @@ class SeededAugmentationDataset(Dataset):
         return len(self.dataset)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch mixed into the seeds (different crops of the same batch in every epoch).
+        """Select the epoch mixed into the seeds (other crops of the same example in every epoch).
 
         Args:
             epoch: zero-based epoch index.
         """
         self.epoch = int(epoch)
 
-    def batch_seed(self, indices: list[int]) -> int:
-        """The seed of the batch made of ``indices`` in the current epoch.
+    def example_seed(self, index: int) -> int:
+        """The augmentation seed of example ``index`` in the current epoch.
 
         Args:
-            indices: dataset indices of the batch, in order.
+            index: dataset index.
         """
-        entropy = [self.seed, self.epoch, len(indices), *(int(index) for index in indices)]
-        return int(np.random.SeedSequence(entropy).generate_state(1)[0])
-
-    def __getitems__(self, indices: list[int]) -> list[Any]:
-        return transform_view(self._fetch, list(indices), self.batch_seed(indices))
-
-    def _fetch(self, indices: list[int]) -> list[Any]:
-        if hasattr(self.dataset, "__getitems__"):
-            return list(self.dataset.__getitems__(indices))
-        return [self.dataset[index] for index in indices]
+        return int(np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1)[0])
 
     def __getitem__(self, index: int) -> Any:
-        return self.__getitems__([index])[0]
+        return transform_view(self.dataset.__getitem__, index, self.example_seed(index))
 
 
 class DistillationTrainer(Trainer):
@@ -196,14 +185,6 @@ class DistillationTrainer(Trainer):
         self._train_batch_sampler: Any = None
         self._resume_checkpoint: str | None = None
         self._loaded_extra_state: dict[str, Any] | None = None
-        # Training-time settings that live on the model (see hf_distill.layers.BackboneNormMixin).
-        norm = getattr(self.args, "backbone_norm", None)
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        if norm is not None and hasattr(unwrapped, "backbone_norm"):
-            unwrapped.backbone_norm = norm
-            unwrapped.train(unwrapped.training)
-        if self.evaluator is not None and getattr(self.args, "evaluate_starting_point", False):
-            self.add_callback(StartingPointCallback(self))
         self._seeded_training_set: SeededAugmentationDataset | None = None
         self.add_callback(_AugmentationEpoch(self))
         # Training-time settings that live on the model (see hf_distill.layers.BackboneNormMixin).
