@@ -14,15 +14,16 @@ from datasets import Image as ImageFeature
 from PIL import Image
 
 from hf_distill.commands import build_benchmark
-from hf_distill.data import benchmark as benchmark_module
 from hf_distill.data.benchmark import (
-    DOMAIN_NAMES,
+    FAST_BENCHMARK,
+    FAST_DOMAIN_NAMES,
     build_offline_benchmark,
     default_benchmark_path,
     format_counts_table,
     load_benchmark,
-    load_mnist_digits,
 )
+from hf_distill.data.sources import mnist as mnist_sources
+from hf_distill.data.sources.mnist import load_mnist_digits
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -33,7 +34,7 @@ def raw_images(dataset):
 
 
 def test_every_domain_has_the_contract_columns_and_splits(tiny_benchmark):
-    assert tiny_benchmark.domain_names == list(DOMAIN_NAMES)
+    assert tiny_benchmark.domain_names == list(FAST_DOMAIN_NAMES)
     for name, domain in tiny_benchmark.domains.items():
         assert set(domain) == {"train", "val", "test"}
         for split, dataset in domain.items():
@@ -98,8 +99,16 @@ def test_metadata_matches_the_saved_splits(tiny_benchmark_dir, tiny_benchmark):
 def test_same_seed_gives_identical_bytes_and_another_seed_does_not(tmp_path, tiny_benchmark):
     # Each domain has its own random stream, so a subset build reproduces the full build's domains.
     subset = ["animals", "lowres_digits"]
-    again = load_benchmark(build_offline_benchmark(tmp_path / "again", seed=0, scale=0.03, domains=subset))
-    other = load_benchmark(build_offline_benchmark(tmp_path / "other", seed=1, scale=0.03, domains=subset))
+    again = load_benchmark(
+        build_offline_benchmark(
+            tmp_path / "again", seed=0, scale=0.03, domains=subset, benchmark=FAST_BENCHMARK
+        )
+    )
+    other = load_benchmark(
+        build_offline_benchmark(
+            tmp_path / "other", seed=1, scale=0.03, domains=subset, benchmark=FAST_BENCHMARK
+        )
+    )
     assert again.domain_names == subset
     for name in subset:
         for split in ("train", "val", "test"):
@@ -119,9 +128,9 @@ def test_rebuilding_in_place_is_idempotent_down_to_the_bytes(tmp_path):
             if path.is_file()
         }
 
-    build_offline_benchmark(output, seed=3, scale=0.02, domains=["lowres_digits"])
+    build_offline_benchmark(output, seed=3, scale=0.02, domains=["lowres_digits"], benchmark=FAST_BENCHMARK)
     first = snapshot()
-    build_offline_benchmark(output, seed=3, scale=0.02, domains=["lowres_digits"])
+    build_offline_benchmark(output, seed=3, scale=0.02, domains=["lowres_digits"], benchmark=FAST_BENCHMARK)
     assert snapshot() == first
     assert any(path.suffix == ".arrow" for path in first)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["bench"]  # no build directory left behind
@@ -130,14 +139,16 @@ def test_rebuilding_in_place_is_idempotent_down_to_the_bytes(tmp_path):
 def test_refuses_to_overwrite_a_directory_that_is_not_a_benchmark(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
     with pytest.raises(ValueError, match="not an offline benchmark"):
-        build_offline_benchmark(tmp_path, scale=0.02, domains=["lowres_digits"])
+        build_offline_benchmark(tmp_path, scale=0.02, domains=["lowres_digits"], benchmark=FAST_BENCHMARK)
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
 def test_a_missing_source_skips_its_domain_with_a_message(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(benchmark_module, "FASHION_MNIST_DIR", tmp_path / "no-fashion")
+    monkeypatch.setattr(mnist_sources, "FASHION_MNIST_DIR", tmp_path / "no-fashion")
     with caplog.at_level(logging.WARNING, logger="hf_distill.data.benchmark"):
-        path = build_offline_benchmark(tmp_path / "bench", scale=0.02, domains=["clothing", "lowres_digits"])
+        path = build_offline_benchmark(
+            tmp_path / "bench", scale=0.02, domains=["clothing", "lowres_digits"], benchmark=FAST_BENCHMARK
+        )
     assert "skipping domain 'clothing'" in caplog.text and "no-fashion" in caplog.text
     loaded = load_benchmark(path)
     assert loaded.domain_names == ["lowres_digits"]
@@ -147,8 +158,12 @@ def test_a_missing_source_skips_its_domain_with_a_message(tmp_path, monkeypatch,
 
 
 def test_bad_arguments_are_named(tmp_path):
-    with pytest.raises(ValueError, match="unknown benchmark domain"):
+    with pytest.raises(ValueError, match="unknown manydomain benchmark domain.*cars.*cjk"):
         build_offline_benchmark(tmp_path / "x", domains=["cars"])
+    with pytest.raises(ValueError, match="unknown offline_five benchmark domain.*cjk"):
+        build_offline_benchmark(tmp_path / "x", domains=["cjk"], benchmark=FAST_BENCHMARK)
+    with pytest.raises(ValueError, match="unknown benchmark 'uned'.*manydomain"):
+        build_offline_benchmark(tmp_path / "x", benchmark="uned")
     with pytest.raises(ValueError, match="scale"):
         build_offline_benchmark(tmp_path / "x", scale=0)
     with pytest.raises(FileNotFoundError, match="make data"):
@@ -156,7 +171,9 @@ def test_bad_arguments_are_named(tmp_path):
 
 
 def test_load_benchmark_refuses_another_format_version(tmp_path):
-    path = build_offline_benchmark(tmp_path / "bench", scale=0.02, domains=["lowres_digits"])
+    path = build_offline_benchmark(
+        tmp_path / "bench", scale=0.02, domains=["lowres_digits"], benchmark=FAST_BENCHMARK
+    )
     metadata = json.loads((path / "benchmark.json").read_text())
     metadata["format_version"] = 0
     (path / "benchmark.json").write_text(json.dumps(metadata))
@@ -175,7 +192,7 @@ def test_load_benchmark_selects_domains_in_the_order_asked(tiny_benchmark_dir):
 def test_default_path_follows_the_environment_variable(tiny_benchmark_dir, monkeypatch):
     monkeypatch.setenv("HF_DISTILL_BENCHMARK", os.fspath(tiny_benchmark_dir))
     assert default_benchmark_path() == tiny_benchmark_dir
-    assert load_benchmark().domain_names == list(DOMAIN_NAMES)
+    assert load_benchmark().domain_names == list(FAST_DOMAIN_NAMES)
 
 
 def test_mnist_sources_are_deduplicated():
@@ -192,11 +209,11 @@ def test_idx_reader_checks_the_announced_size(tmp_path):
     header = bytes([0, 0, 0x08, 3]) + b"".join(n.to_bytes(4, "big") for n in pixels.shape)
     good = tmp_path / "good.gz"
     good.write_bytes(gzip.compress(header + pixels.tobytes()))
-    np.testing.assert_array_equal(benchmark_module._read_idx(good), pixels)
+    np.testing.assert_array_equal(mnist_sources._read_idx(good), pixels)
     short = tmp_path / "short.gz"
     short.write_bytes(gzip.compress(header + pixels.tobytes()[:-1]))
     with pytest.raises(ValueError, match="short.gz"):
-        benchmark_module._read_idx(short)
+        mnist_sources._read_idx(short)
 
 
 class Evil:
@@ -208,15 +225,15 @@ def test_animal_pickles_are_read_as_numpy_arrays_only(tmp_path):
     array = np.arange(12, dtype=np.int64).reshape(3, 4)
     good = tmp_path / "good.gz"
     good.write_bytes(gzip.compress(pickle.dumps(array, protocol=4)))
-    np.testing.assert_array_equal(benchmark_module._load_numpy_pickle(good), array)
+    np.testing.assert_array_equal(mnist_sources._load_numpy_pickle(good), array)
     evil = tmp_path / "evil.gz"
     evil.write_bytes(gzip.compress(pickle.dumps(Evil(), protocol=4)))
     with pytest.raises(ValueError, match="evil.gz.*refusing to unpickle .*system"):
-        benchmark_module._load_numpy_pickle(evil)
+        mnist_sources._load_numpy_pickle(evil)
     not_array = tmp_path / "list.gz"
     not_array.write_bytes(gzip.compress(pickle.dumps([1, 2, 3])))
     with pytest.raises(ValueError, match="numeric numpy array"):
-        benchmark_module._load_numpy_pickle(not_array)
+        mnist_sources._load_numpy_pickle(not_array)
 
 
 def test_cli_sub_command_builds_and_prints_the_counts(tmp_path, capsys):
@@ -224,7 +241,17 @@ def test_cli_sub_command_builds_and_prints_the_counts(tmp_path, capsys):
     build_benchmark.register(parser.add_subparsers(dest="command", required=True))
     output = tmp_path / "bench"
     args = parser.parse_args(
-        ["build-benchmark", "--output", str(output), "--scale", "0.02", "--domains", "lowres_digits"]
+        [
+            "build-benchmark",
+            "--benchmark",
+            FAST_BENCHMARK,
+            "--output",
+            str(output),
+            "--scale",
+            "0.02",
+            "--domains",
+            "lowres_digits",
+        ]
     )
     assert args.func(args) == 0
     printed = capsys.readouterr().out

