@@ -51,7 +51,11 @@ class UdonRecipeArguments:
         hub_pretrained: start a timm backbone from its pretrained weights on the Hub (needs a network); they are
             saved once as ``<output_dir>/pretrained_backbone.safetensors``.
         pretrained_file: local safetensors file with backbone weights.
-        image_size / resize_size / image_mean / image_std: preprocessing.
+        image_size / resize_size / image_mean / image_std: preprocessing. Training resizes to ``resize_size``
+            (default ``image_size × 256 / 224``) and takes a random ``image_size`` crop.
+        eval_resize_size: evaluation (and the exported processor) resizes the shorter side to this, then centre
+            crops ``image_size``. ``None`` (default, the authors' code): ``image_size`` itself; set it to
+            ``resize_size`` for the ImageNet habit (e.g. 256 then 224), which is not the authors'.
         embed_dim / teacher_dim / temperature / classifier_margin / margin_type /
             distillation_reaches_backbone: see ``UdonConfig``.
         eval_batch_size: images per forward pass in retrieval evaluation.
@@ -79,6 +83,7 @@ class UdonRecipeArguments:
     resize_size: int | None = None
     image_mean: list[float] | None = None
     image_std: list[float] | None = None
+    eval_resize_size: int | None = None
     embed_dim: int = 64
     teacher_dim: int = 256
     temperature: float = 0.1
@@ -149,7 +154,7 @@ def build_model(recipe: UdonRecipeArguments, benchmark, output_dir: str = ".") -
         margin_type=recipe.margin_type,
         distillation_reaches_backbone=recipe.distillation_reaches_backbone,
         image_size=recipe.image_size,
-        resize_size=recipe.resize_size,
+        resize_size=recipe.eval_resize_size,
         image_mean=mean,
         image_std=std,
         **switches,
@@ -157,7 +162,9 @@ def build_model(recipe: UdonRecipeArguments, benchmark, output_dir: str = ".") -
     return UdonModel(config)
 
 
-def build_train_dataset(benchmark, model: UdonModel, max_per_domain: int | None, seed: int):
+def build_train_dataset(
+    benchmark, model: UdonModel, max_per_domain: int | None, seed: int, resize_size: int | None = None
+):
     """All domains' ``train`` splits concatenated, with the training augmentation applied on the fly.
 
     Args:
@@ -165,6 +172,7 @@ def build_train_dataset(benchmark, model: UdonModel, max_per_domain: int | None,
         model: supplies the domain order and preprocessing.
         max_per_domain: optional cap on training images per domain (a seeded random subset).
         seed: seed of that subset.
+        resize_size: the training resize before the random crop (default ``image_size × 256 / 224``).
     """
     parts = []
     for name in model.config.domains:
@@ -174,7 +182,7 @@ def build_train_dataset(benchmark, model: UdonModel, max_per_domain: int | None,
         parts.append(split)
     config = model.config
     transform = ImageTransform(
-        config.image_size, config.image_mean, config.image_std, train=True, resize_size=config.resize_size
+        config.image_size, config.image_mean, config.image_std, train=True, resize_size=resize_size
     )
     domain_to_id = {name: i for i, name in enumerate(config.domains)}
     return with_pixel_values(concatenate_datasets(parts), transform, domain_to_id)
@@ -208,7 +216,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     benchmark = load_domains(recipe)
     model = build_model(recipe, benchmark, args.output_dir)
-    train_dataset = build_train_dataset(benchmark, model, recipe.max_train_per_domain, args.seed)
+    train_dataset = build_train_dataset(
+        benchmark, model, recipe.max_train_per_domain, args.seed, recipe.resize_size
+    )
     validation = RetrievalEvaluator(
         benchmark, split="val", protocols=("merged",), batch_size=recipe.eval_batch_size
     )

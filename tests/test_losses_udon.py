@@ -87,11 +87,30 @@ def test_soft_cross_entropy_has_temperature_squared_factor():
 def test_relational_loss_hand_computed_with_different_dimensions():
     student = torch.tensor([[1.0, 0.0], [0.0, 2.0]], requires_grad=True)  # S_s = identity
     teacher = torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0]], requires_grad=True)  # off-diagonal 0.6
-    out = RelationalDistillationLoss()(student, teacher)
-    # each row: (0 − 0.6)² = 0.36; mean over rows 0.36
-    assert out["loss"].item() == pytest.approx(0.36, rel=1e-5)
-    out["loss"].backward()
+    # squared differences: two entries of 0.36 among 4 -> mean 0.18; rows sum to 0.36 each
+    fixed = RelationalDistillationLoss()(student, teacher)
+    assert fixed["loss"].item() == pytest.approx(0.18 * 32, rel=1e-5)
+    assert RelationalDistillationLoss(reference_rows=2)(student, teacher)["loss"].item() == pytest.approx(
+        0.36
+    )
+    # released code: row sums (0.36) averaged over rows, times n_processes / 4 (one process here)
+    authors = RelationalDistillationLoss(scale="authors")(student, teacher)
+    assert authors["loss"].item() == pytest.approx(0.36 / 4, rel=1e-5)
+    fixed["loss"].backward()
     assert teacher.grad is None and student.grad is not None
+
+
+def test_relational_fixed_scale_does_not_depend_on_the_batch_size():
+    # The same pairwise structure repeated: a batch of 2 copies of a pair vs a batch of 8 copies.
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 4, generator=generator), torch.randn(2, 6, generator=generator)
+    small = RelationalDistillationLoss()(student, teacher)["loss"]
+    large = RelationalDistillationLoss()(student.repeat(4, 1), teacher.repeat(4, 1))["loss"]
+    torch.testing.assert_close(small, large)
+    # The authors' row sums grow with the batch: 4x the rows -> 4x the loss.
+    small = RelationalDistillationLoss(scale="authors")(student, teacher)["loss"]
+    large = RelationalDistillationLoss(scale="authors")(student.repeat(4, 1), teacher.repeat(4, 1))["loss"]
+    torch.testing.assert_close(large, 4 * small)
 
 
 def test_relational_loss_rejects_mismatched_batches():

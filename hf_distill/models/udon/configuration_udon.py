@@ -66,6 +66,9 @@ class UdonConfig(PreTrainedConfig):
             the weighted mean of the active losses (all 1).
         distillation_reaches_backbone: False (default, the paper): the distillation losses only train the
             student head and classifier; True (the released code): their gradient also reaches the backbone.
+        relational_scale: ``"fixed"`` (default): the relational loss does not change with the per-process batch
+            or the process count; ``"authors"`` (the released code): row sums over the per-process batch times
+            ``n_processes / 4`` (see ``hf_distill.losses.relational``).
         image_size / resize_size / image_mean / image_std / resample: evaluation preprocessing.
     """
 
@@ -92,6 +95,7 @@ class UdonConfig(PreTrainedConfig):
     logit_loss_weight: float = 1.0
     relational_loss_weight: float = 1.0
     distillation_reaches_backbone: bool = False
+    relational_scale: str = "fixed"
     image_size: int = 224
     resize_size: int | None = None
     image_mean: list[float] | tuple[float, ...] | None = None

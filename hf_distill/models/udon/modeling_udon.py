@@ -144,7 +144,7 @@ class UdonModel(BackboneNormMixin, UdonPreTrainedModel):
             config.classifier_scale, config.classifier_margin, config.margin_type
         )
         self.logit_loss = LogitDistillationLoss(config.temperature)
-        self.relational_loss = RelationalDistillationLoss()
+        self.relational_loss = RelationalDistillationLoss(scale=config.relational_scale)
         self.post_init()
 
     def forward(
