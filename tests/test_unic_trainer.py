@@ -115,12 +115,22 @@ def test_cached_targets_match_the_teachers_on_the_regenerated_view(teachers, ima
 def test_online_training_logs_each_teachers_loss_and_keep_rate(teachers, images, tmp_path):
     student = _student(teachers)
     before = student.backbone.blocks[0].attn.qkv.weight.detach().clone()
+    teachers_before = {key: value.clone() for key, value in teachers.state_dict().items()}
     trainer = UnicTrainer(
         model=student,
         args=_args(tmp_path, drop_prob=0.5),
         teachers=teachers,
         train_dataset=OnlineImageDataset(images, unic_train_transform(32)),
     )
+    momenta: dict[int, set[float]] = {}
+    schedule = trainer.standardizer.momentum
+
+    def spy(step):
+        value = schedule(step)
+        momenta.setdefault(step, set()).add(value)
+        return value
+
+    trainer.standardizer.momentum = spy
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 4
@@ -132,7 +142,15 @@ def test_online_training_logs_each_teachers_loss_and_keep_rate(teachers, images,
     assert not torch.equal(before, student.backbone.blocks[0].attn.qkv.weight)
     # Every teacher and token type has running statistics, and the teachers received no gradient.
     assert sorted(trainer.standardizer.means) == ["cnn/cls", "cnn/patch", "vit/cls", "vit/patch"]
-    assert all(parameter.grad is None for parameter in teachers.parameters())
+    assert not any(parameter.requires_grad for parameter in teachers.parameters())
+    after = teachers.state_dict()  # weights and BatchNorm statistics of the CNN teacher
+    assert all(torch.equal(value, after[key]) for key, value in teachers_before.items())
+    # The standardiser's momentum follows the cosine from 1 to 0.001 over the 4 steps (by hand:
+    # m(s) = 0.001 + 0.999 * (1 + cos(pi * s / 4)) / 2), the same for every teacher and token type.
+    expected = {0: 1.0, 1: 0.853700, 2: 0.5005, 3: 0.147300}
+    assert sorted(momenta) == [0, 1, 2, 3]
+    for step, values in momenta.items():
+        assert len(values) == 1 and values.pop() == pytest.approx(expected[step], abs=1e-5)
 
 
 @pytest.mark.slow
