@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DATA_DIR ?= data/offline_benchmark
+DATA_DIR ?= data/manydomain
 DATA_STAMP := $(DATA_DIR)/benchmark.json
 EXTRAS := faiss,deepspeed,tensorboard,offline-assets,dev
 export HF_HUB_OFFLINE ?= 1
@@ -24,8 +24,11 @@ $(STAMP): pyproject.toml constraints.txt scripts/install_assets.sh
 
 data: $(DATA_STAMP)
 
+# The default benchmark (manydomain, docs/benchmark.md); `make data BENCHMARK=offline_five DATA_DIR=data/offline_five`
+# builds the small five-domain one.
+BENCHMARK ?= manydomain
 $(DATA_STAMP): $(STAMP)
-	$(PY) -m hf_distill.data.benchmark --output $(DATA_DIR)
+	$(PY) -m hf_distill.data.benchmark --benchmark $(BENCHMARK) --output $(DATA_DIR)
 
 # pytest's exit code 5 (no test collected) is turned into a failure.
 test: $(STAMP) $(DATA_STAMP)
