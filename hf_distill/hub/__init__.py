@@ -2,12 +2,19 @@
 
 Every method exports the same way::
 
-    save_embedder(model, output_dir, processor=None, card=dict(method="udon", metrics=..., ...))
+    card_data = EmbedderCardData(method="udon", repo_id=..., domains=..., teachers=...)
+    trainer.add_callback(ModelCardCallback(card_data, benchmark=benchmark))  # filled during training
+    trainer.train()
+    card_data.metrics = test_metrics
+    save_embedder(model, output_dir, card=card_data.to_model_card(model, plots_dir=output_dir))
     push_embedder(output_dir, "user/name", token=None)
+
+(``card=dict(method="udon", metrics=..., ...)`` builds the card from ``EmbedderCardData`` fields in one call.)
 
 ``hf_distill.hub.testing`` holds a local Hub test server for doing this without a network.
 """
 
+from hf_distill.hub.card_data import EmbedderCardData, command_line, non_default_arguments
 from hf_distill.hub.model_card import (
     METHODS,
     build_model_card,
@@ -19,10 +26,13 @@ from hf_distill.hub.push import HubPushError, push_embedder, save_embedder
 
 __all__ = [
     "METHODS",
+    "EmbedderCardData",
     "HubPushError",
     "build_model_card",
+    "command_line",
     "extract_usage_snippet",
     "hyperparameters_from_training_args",
+    "non_default_arguments",
     "parse_retrieval_metrics",
     "push_embedder",
     "save_embedder",

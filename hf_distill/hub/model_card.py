@@ -1,6 +1,9 @@
 """Model cards for exported embedders: Hub metadata, retrieval results, training details, plots, citation.
 
-The card text comes from the Jinja template ``model_cards/embedder_card.md.j2``; the YAML header is a
+The pieces a card is rendered from: the methods' titles and citations, metric parsing, the model-index, the
+plots and the usage snippet. What a card says is an :class:`~hf_distill.hub.card_data.EmbedderCardData`
+(filled during training by ``ModelCardCallback``); its text comes from the Jinja template shipped inside the
+package, ``hf_distill/hub/templates/embedder_card.md.j2``; the YAML header is a
 ``huggingface_hub.ModelCardData`` with a model-index built from the evaluator's metrics
 (``"{protocol}/{domain}/{metric}"`` keys, optionally prefixed, e.g. ``eval_merged/cars/R@1``).
 """
@@ -16,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_cards" / "embedder_card.md.j2"
+TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "embedder_card.md.j2"
 TRAINING_CURVES_PNG = "training_curves.png"
 PER_DOMAIN_PNG = "per_domain_results.png"
 METRIC_KEY = re.compile(
@@ -266,129 +269,29 @@ def _assert_no_secret(text: str, where: str) -> None:
 def build_model_card(
     model: Any,
     *,
-    method: str,
-    repo_id: str | None = None,
-    model_name: str | None = None,
-    metrics: Mapping[str, Any] | None = None,
-    base_model: str | None = None,
-    teachers: Sequence[str] = (),
-    domains: Sequence[str] = (),
-    datasets: Sequence[str] = (),
-    hyperparameters: Mapping[str, Any] | Any | None = None,
-    log_history: Sequence[Mapping[str, Any]] | None = None,
-    license: str = "apache-2.0",
-    tags: Sequence[str] = (),
-    benchmark_name: str = "hf_distill offline benchmark",
-    benchmark_type: str = "hf_distill/offline_benchmark",
-    eval_split: str = "test",
     plots_dir: str | os.PathLike | None = None,
-    no_training_note: str = "the backbone's pretrained weights are used as they are.",
     template_path: str | os.PathLike | None = None,
+    **card_fields: Any,
 ) -> ModelCard:
-    """Build the model card of an exported embedder.
+    """Build the model card of an exported embedder in one call:
+    ``EmbedderCardData(**card_fields).to_model_card(model, plots_dir, template_path)``.
 
     Args:
         model: the ``UniversalEmbedderModel`` (or its config) the card describes.
-        method: ``"udon"``, ``"unic"``, ``"mlfd"`` or ``"baseline"`` (title, summary and citation).
-        repo_id: the Hub id (or folder) the usage snippet loads; defaults to ``model_name``.
-        model_name: card title; defaults to the last part of ``repo_id``.
-        metrics: ``RetrievalEvaluator`` output; per-domain R@1 / mP@5 of the merged protocol (of the
-            separate one when only that was measured) go into the model-index.
-        base_model: Hub id of the checkpoint the backbone started from (metadata ``base_model``).
-        teachers: names of the teachers distilled from.
-        domains: training domains.
-        datasets: Hub dataset ids (metadata ``datasets``).
-        hyperparameters: a mapping, or ``TrainingArguments`` (card-worthy fields only; never tokens).
-        log_history: ``trainer.state.log_history`` for the training-curve plot.
-        license: SPDX-style licence id of the weights.
-        tags: extra Hub tags.
-        benchmark_name / benchmark_type: how the evaluation data is named in the model-index.
-        eval_split: the split the metrics were measured on.
         plots_dir: where to save the PNG plots (the card links them by file name); no plots when None.
-        no_training_note: shown instead of the hyperparameter table when there are none.
-        template_path: Jinja template; defaults to ``model_cards/embedder_card.md.j2``.
+        template_path: Jinja template; defaults to the one shipped in ``hf_distill/hub/templates``.
+        **card_fields: fields of :class:`~hf_distill.hub.card_data.EmbedderCardData` (``method``, ``repo_id``,
+            ``metrics``, ``starting_point``, ``teachers``, ``domains``, ``hyperparameters``, ``log_history``, ...).
 
     Returns:
         a ``huggingface_hub.ModelCard``; ``card.save(path)`` writes it.
     """
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is unknown; use one of {sorted(METHODS)}")
-    info = METHODS[method]
-    config = getattr(model, "config", model)
-    feature_dim = getattr(model, "feature_dim", None)
-    model_name = model_name or (
-        repo_id.rstrip("/").split("/")[-1] if repo_id else f"{method}-universal-embedder"
-    )
-    repo_id = repo_id or model_name
-    grouped = parse_retrieval_metrics(metrics or {})
-    hyperparameters = _clean_hyperparameters(hyperparameters)
+    # card_data imports this module's helpers, so it is imported here rather than at the top.
+    from hf_distill.hub.card_data import EmbedderCardData
 
-    plots: dict[str, str] = {}
-    if plots_dir is not None:
-        plots_dir = Path(plots_dir)
-        plots_dir.mkdir(parents=True, exist_ok=True)
-        if log_history and _plot_training_curves(log_history, plots_dir / TRAINING_CURVES_PNG):
-            plots["training_curves"] = TRAINING_CURVES_PNG
-        if _plot_per_domain(grouped, plots_dir / PER_DOMAIN_PNG):
-            plots["per_domain"] = PER_DOMAIN_PNG
-
-    columns = [(p, m) for p in ("merged", "separate") for m in ("R@1", "mP@5") if p in grouped]
-    domain_names = list(dict.fromkeys(d for p in grouped.values() for d in p if d != "mean"))
-    if any("mean" in grouped[p] for p in grouped):
-        domain_names.append("mean")
-    rows = [
-        {
-            "domain": f"**{domain}**" if domain == "mean" else domain,
-            "values": [
-                f"{100 * grouped[p][domain][m]:.2f}" if m in grouped[p].get(domain, {}) else "–"
-                for p, m in columns
-            ],
-        }
-        for domain in domain_names
-    ]
-
-    card_data = ModelCardData(
-        license=license,
-        library_name="hf_distill",
-        pipeline_tag="image-feature-extraction",
-        base_model=base_model,
-        datasets=list(datasets) or None,
-        tags=["image-feature-extraction", "image-retrieval", "universal-embedding", method, *tags],
-        model_name=model_name,
-        eval_results=_eval_results(grouped, benchmark_name, benchmark_type, eval_split) or None,
+    return EmbedderCardData(**card_fields).to_model_card(
+        model, plots_dir=plots_dir, template_path=template_path
     )
-    output_dim = config.embed_dim or feature_dim
-    card = ModelCard.from_template(
-        card_data,
-        template_path=str(template_path or TEMPLATE_PATH),
-        model_name=model_name,
-        repo_id=repo_id,
-        method_title=info.title,
-        method_summary=info.summary,
-        citation=info.citation,
-        embed_dim_text=f"{output_dim}-d" if output_dim else "fixed-size",
-        output_dim=output_dim if output_dim else "feature_dim",
-        feature_dim=feature_dim if feature_dim else "the backbone's",
-        normalize=config.normalize,
-        backbone=config.backbone,
-        backbone_source=config.backbone_source,
-        image_size=config.image_size,
-        resize_size=config.resize_size,
-        image_mean=[round(v, 4) for v in config.image_mean],
-        image_std=[round(v, 4) for v in config.image_std],
-        teachers=list(teachers),
-        domains=list(domains),
-        usage_snippet=usage_snippet(repo_id),
-        results_columns=[f"{m} ({p})" for p, m in columns],
-        results_rows=rows,
-        hyperparameters=hyperparameters,
-        no_training_note=no_training_note,
-        plots=plots,
-        eval_split=eval_split,
-        benchmark_name=benchmark_name,
-    )
-    _assert_no_secret(str(card), "the model card")
-    return card
 
 
 def extract_usage_snippet(card: ModelCard | str) -> str:

@@ -1,0 +1,400 @@
+"""What a model card says, gathered as training goes (the way sentence-transformers fills its card data).
+
+:class:`EmbedderCardData` holds everything the card of an exported embedder shows: the Hub id, the method,
+base model, teachers and domains, the final evaluator metrics, the starting point (the untrained backbone as
+full features and as a PCA of them, measured on the same split), the validation curve, the log history, the
+training arguments that differ from their defaults and the command line. A recipe creates it,
+:class:`~hf_distill.trainers.callbacks.ModelCardCallback` fills it during ``trainer.train()``, the recipe adds
+the test metrics and :meth:`EmbedderCardData.to_model_card` renders it with the template shipped inside the
+package (``hf_distill/hub/templates/embedder_card.md.j2``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from hf_distill.hub.model_card import (
+    METHODS,
+    PER_DOMAIN_PNG,
+    SECRET_KEY,
+    TEMPLATE_PATH,
+    TRAINING_CURVES_PNG,
+    _assert_no_secret,
+    _clean_hyperparameters,
+    _eval_results,
+    _plot_per_domain,
+    _plot_training_curves,
+    parse_retrieval_metrics,
+    usage_snippet,
+)
+
+STARTING_POINT_PREFIX = "starting_point/"
+# Arguments that name places or runs rather than how the model was trained.
+BOOKKEEPING_ARGUMENTS = frozenset(
+    {"output_dir", "logging_dir", "run_name", "resume_from_checkpoint", "hub_model_id", "disable_tqdm"}
+)
+PCA_FORM = re.compile(r"^pca(?P<dim>\d+)$")
+
+
+def _plain(value: Any) -> Any:
+    """Enums as their value; everything else unchanged."""
+    return value.value if isinstance(value, Enum) else value
+
+
+def non_default_arguments(args: Any) -> dict[str, Any]:
+    """The fields of a ``TrainingArguments`` (or any dataclass) whose value differs from the default.
+
+    The defaults are those of a fresh instance of the same class with the same ``output_dir`` (so values that
+    ``__post_init__`` derives, e.g. ``logging_dir``, compare equal); a class that cannot be built that way is
+    compared with its field defaults. Bookkeeping fields (paths, run name) and anything named like a secret
+    (token, password, ...) are left out.
+
+    Args:
+        args: the training arguments of the run.
+    """
+    try:
+        defaults = vars(type(args)(output_dir=args.output_dir))
+    except (TypeError, ValueError):
+        defaults = {
+            f.name: f.default if f.default is not MISSING else f.default_factory()
+            for f in fields(args)
+            if f.default is not MISSING or f.default_factory is not MISSING
+        }
+    values = {}
+    for f in fields(args):
+        if not f.init or f.name in BOOKKEEPING_ARGUMENTS or SECRET_KEY.search(f.name):
+            continue
+        value = _plain(getattr(args, f.name))
+        if f.name not in defaults or value != _plain(defaults[f.name]):
+            values[f.name] = value
+    return values
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command that started this process, shell-quoted, with the value of any secret-like option hidden.
+
+    Args:
+        argv: the arguments; ``sys.argv`` when None (the interpreter is written as ``python``).
+    """
+    argv = list(sys.argv if argv is None else argv)
+    words = ["python", *argv] if argv and argv[0].endswith(".py") else argv
+    shown, hide_next = [], False
+    for word in words:
+        name, has_value, _ = word.partition("=")
+        if hide_next:
+            shown.append("***")
+            hide_next = False
+        elif name.startswith("-") and SECRET_KEY.search(name):
+            shown.append(f"{name}=***" if has_value else word)
+            hide_next = not has_value
+        else:
+            shown.append(word)
+    return shlex.join(shown)
+
+
+def _summary(grouped: Mapping[str, Mapping[str, Mapping[str, float]]], protocol: str, metric: str):
+    """The domain mean of ``metric`` under ``protocol``, or the value of the only domain; None otherwise."""
+    domains = grouped.get(protocol, {})
+    if "mean" in domains:
+        return domains["mean"].get(metric)
+    return next(iter(domains.values())).get(metric) if len(domains) == 1 else None
+
+
+def _form_label(form: str, feature_dim: Any, backbone: str) -> str:
+    match = PCA_FORM.match(form)
+    if match:
+        return f"starting point: `{backbone}` untrained, PCA-{match['dim']} of its features (fitted on train)"
+    if form == "full":
+        return f"starting point: `{backbone}` untrained, full features ({feature_dim}-d)"
+    return f"starting point: {form}"
+
+
+@dataclass
+class EmbedderCardData:
+    """The content of an embedder's model card; filled by the recipe and by ``ModelCardCallback``.
+
+    Args:
+        method: ``"udon"``, ``"unic"``, ``"mlfd"`` or ``"baseline"`` (title, summary and citation).
+        repo_id: the Hub id (or folder) the usage snippet loads; defaults to ``model_name``.
+        model_name: card title; defaults to the last part of ``repo_id``.
+        base_model: Hub id of the checkpoint the backbone started from (metadata ``base_model``).
+        teachers / domains: names of the teachers distilled from and of the training domains.
+        datasets: Hub dataset ids (metadata ``datasets``).
+        metrics: the trained model's evaluator metrics on ``eval_split`` (``"{protocol}/{domain}/{metric}"``,
+            optionally prefixed); they fill the model-index.
+        eval_split: the split ``metrics`` and ``starting_point`` were measured on.
+        starting_point: :func:`~hf_distill.evaluation.starting_point.evaluate_starting_point` output on
+            ``eval_split`` (``starting_point/<form>/<metric key>``); shown first in the results table.
+        starting_point_command: the command that measured the starting point; ``command`` when None.
+        validation_metrics / validation_step: the last evaluation during training and its step.
+        validation_split: the split the trainer's evaluator reads (named in the card).
+        untrained_metrics: the same evaluator on the untrained model at step 0 (``StartingPointCallback``).
+        log_history: ``trainer.state.log_history`` (training-curve plot).
+        training_arguments: training arguments that differ from their defaults (see
+            :func:`non_default_arguments`).
+        hyperparameters: method settings the recipe adds (a mapping, or ``TrainingArguments``: card-worthy
+            fields only). Keys named like a secret are never shown.
+        trained_steps: optimisation steps run.
+        command: the command line of the run (see :func:`command_line`).
+        license / tags: SPDX-style licence id of the weights; extra Hub tags.
+        benchmark_name / benchmark_type: how the evaluation data is named in the card and the model-index.
+        no_training_note: shown instead of the settings table when there are none.
+    """
+
+    method: str
+    repo_id: str | None = None
+    model_name: str | None = None
+    base_model: str | None = None
+    teachers: list[str] = field(default_factory=list)
+    domains: list[str] = field(default_factory=list)
+    datasets: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    eval_split: str = "test"
+    starting_point: dict[str, float] = field(default_factory=dict)
+    starting_point_command: str | None = None
+    validation_metrics: dict[str, float] = field(default_factory=dict)
+    validation_step: int | None = None
+    validation_split: str | None = None
+    untrained_metrics: dict[str, float] = field(default_factory=dict)
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    training_arguments: dict[str, Any] = field(default_factory=dict)
+    hyperparameters: Any = field(default_factory=dict)
+    trained_steps: int | None = None
+    command: str | None = None
+    license: str = "apache-2.0"
+    tags: list[str] = field(default_factory=list)
+    benchmark_name: str = "hf_distill offline benchmark"
+    benchmark_type: str = "hf_distill/offline_benchmark"
+    no_training_note: str = "the backbone's pretrained weights are used as they are."
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r} is unknown; use one of {sorted(METHODS)}")
+
+    # ------------------------------------------------------------------------------ filled during training
+
+    def record_training_arguments(self, args: Any) -> None:
+        """Keep the training arguments that differ from their defaults (never tokens)."""
+        self.training_arguments = non_default_arguments(args)
+
+    def record_starting_point(self, results: Mapping[str, float], command: str | None = None) -> None:
+        """Keep ``evaluate_starting_point`` results (keys ``starting_point/<form>/<metric key>``).
+
+        Args:
+            results: the metrics; other keys (``step``, ...) are ignored.
+            command: the command that measured them.
+        """
+        self.starting_point = {
+            key: float(value) for key, value in results.items() if key.startswith(STARTING_POINT_PREFIX)
+        }
+        if command is not None:
+            self.starting_point_command = command
+
+    def record_evaluation(
+        self, metrics: Mapping[str, Any], step: int | None, untrained: bool = False
+    ) -> None:
+        """Keep an evaluation of the model during training (``eval_`` prefixes dropped).
+
+        Args:
+            metrics: the evaluator's metrics.
+            step: the global step.
+            untrained: the step-0 evaluation of the untrained model.
+        """
+        values = {
+            key.removeprefix("eval_"): float(value)
+            for key, value in metrics.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
+        if untrained:
+            self.untrained_metrics = values
+        else:
+            self.validation_metrics, self.validation_step = values, step
+
+    # ------------------------------------------------------------------------------------------ rendering
+
+    def _starting_rows(self, feature_dim: Any, backbone: str) -> list[tuple[str, dict]]:
+        forms: dict[str, dict[str, float]] = {}
+        for key, value in self.starting_point.items():
+            form, _, rest = key.removeprefix(STARTING_POINT_PREFIX).partition("/")
+            forms.setdefault(form, {})[rest] = value
+        order = sorted(forms, key=lambda form: (form != "full", form))
+        return [
+            (_form_label(form, feature_dim, backbone), parse_retrieval_metrics(forms[form])) for form in order
+        ]
+
+    def _comparison(self, starting_rows, trained) -> str | None:
+        """One sentence saying whether the trained model is above each starting point on the primary metric."""
+        for protocol in ("merged", "separate"):
+            final = _summary(trained, protocol, "R@1")
+            starts = [
+                (label, _summary(grouped, protocol, "R@1")) for label, grouped in starting_rows if grouped
+            ]
+            starts = [(label, value) for label, value in starts if value is not None]
+            if final is None or not starts:
+                continue
+            parts = []
+            for label, value in starts:
+                delta = 100 * (final - value)
+                word = "above" if delta >= 0 else "**below**"
+                parts.append(
+                    f"{word} {label.removeprefix('starting point: ')} ({100 * value:.2f}, {delta:+.2f})"
+                )
+            verdict = "above" if all(final >= value for _, value in starts) else "**not above**"
+            return (
+                f"On {protocol} mean R@1 this model ({100 * final:.2f}) is {verdict} its starting point: "
+                + "; ".join(parts)
+                + "."
+            )
+        return None
+
+    def _validation_text(self) -> str | None:
+        for key in ("merged/mean/R@1", "separate/mean/R@1"):
+            if key in self.untrained_metrics and key in self.validation_metrics:
+                where = f"the `{self.validation_split}` split" if self.validation_split else "validation"
+                return (
+                    f"During training, on {where}: {key} {100 * self.untrained_metrics[key]:.2f} for the "
+                    f"untrained model at step 0, {100 * self.validation_metrics[key]:.2f} at step "
+                    f"{self.validation_step} (last evaluation)."
+                )
+        return None
+
+    def to_model_card(
+        self,
+        model: Any,
+        plots_dir: str | os.PathLike | None = None,
+        template_path: str | os.PathLike | None = None,
+    ) -> ModelCard:
+        """Render the card.
+
+        Args:
+            model: the ``UniversalEmbedderModel`` (or its config) the card describes.
+            plots_dir: where to save the PNG plots (the card links them by file name); no plots when None.
+            template_path: Jinja template; defaults to the one shipped in ``hf_distill/hub/templates``.
+
+        Returns:
+            a ``huggingface_hub.ModelCard``; ``card.save(path)`` writes it.
+        """
+        info = METHODS[self.method]
+        config = getattr(model, "config", model)
+        feature_dim = getattr(model, "feature_dim", None)
+        repo_id, model_name = self.repo_id, self.model_name
+        model_name = model_name or (
+            repo_id.rstrip("/").split("/")[-1] if repo_id else f"{self.method}-universal-embedder"
+        )
+        repo_id = repo_id or model_name
+        trained = parse_retrieval_metrics(
+            {k: v for k, v in self.metrics.items() if not k.startswith(STARTING_POINT_PREFIX)}
+        )
+        starting_rows = self._starting_rows(feature_dim or "backbone", config.backbone)
+        settings = {
+            **_clean_hyperparameters(self.hyperparameters),
+            **_clean_hyperparameters(self.training_arguments),
+        }
+        settings = {key: _plain(value) for key, value in settings.items()}
+
+        plots: dict[str, str] = {}
+        if plots_dir is not None:
+            plots_dir = Path(plots_dir)
+            plots_dir.mkdir(parents=True, exist_ok=True)
+            if self.log_history and _plot_training_curves(self.log_history, plots_dir / TRAINING_CURVES_PNG):
+                plots["training_curves"] = TRAINING_CURVES_PNG
+            if _plot_per_domain(trained, plots_dir / PER_DOMAIN_PNG):
+                plots["per_domain"] = PER_DOMAIN_PNG
+
+        output_dim = config.embed_dim or feature_dim
+        everything = [trained, *(grouped for _, grouped in starting_rows)]
+        protocols = [p for p in ("merged", "separate") if any(p in grouped for grouped in everything)]
+        columns = [(p, m) for p in protocols for m in ("R@1", "mP@5")]
+        summary_rows = [
+            {
+                "model": label,
+                "values": [
+                    f"{100 * value:.2f}" if (value := _summary(grouped, p, m)) is not None else "–"
+                    for p, m in columns
+                ],
+            }
+            for label, grouped in [*starting_rows, (f"**this model** ({output_dim}-d)", trained)]
+        ]
+        domain_columns = [(p, m) for p in ("merged", "separate") for m in ("R@1", "mP@5") if p in trained]
+        domain_names = list(dict.fromkeys(d for p in trained.values() for d in p if d != "mean"))
+        if any("mean" in trained[p] for p in trained):
+            domain_names.append("mean")
+        domain_rows = [
+            {
+                "domain": f"**{domain}**" if domain == "mean" else domain,
+                "values": [
+                    f"{100 * trained[p][domain][m]:.2f}" if m in trained[p].get(domain, {}) else "–"
+                    for p, m in domain_columns
+                ],
+            }
+            for domain in domain_names
+        ]
+
+        card_data = ModelCardData(
+            license=self.license,
+            library_name="hf_distill",
+            pipeline_tag="image-feature-extraction",
+            base_model=self.base_model,
+            datasets=list(self.datasets) or None,
+            tags=[
+                "image-feature-extraction",
+                "image-retrieval",
+                "universal-embedding",
+                self.method,
+                *self.tags,
+            ],
+            model_name=model_name,
+            eval_results=_eval_results(trained, self.benchmark_name, self.benchmark_type, self.eval_split)
+            or None,
+        )
+        card = ModelCard.from_template(
+            card_data,
+            template_path=str(template_path or TEMPLATE_PATH),
+            model_name=model_name,
+            repo_id=repo_id,
+            method_title=info.title,
+            method_summary=info.summary,
+            citation=info.citation,
+            embed_dim_text=f"{output_dim}-d" if output_dim else "fixed-size",
+            output_dim=output_dim if output_dim else "feature_dim",
+            feature_dim=feature_dim if feature_dim else "the backbone's",
+            normalize=config.normalize,
+            backbone=config.backbone,
+            backbone_source=config.backbone_source,
+            image_size=config.image_size,
+            resize_size=config.resize_size,
+            image_mean=[round(v, 4) for v in config.image_mean],
+            image_std=[round(v, 4) for v in config.image_std],
+            teachers=list(self.teachers),
+            domains=list(self.domains),
+            usage_snippet=usage_snippet(repo_id),
+            summary_columns=[f"{m} ({p})" for p, m in columns],
+            summary_rows=summary_rows if (starting_rows or trained) else [],
+            comparison=self._comparison(starting_rows, trained),
+            validation_text=self._validation_text(),
+            results_columns=[f"{m} ({p})" for p, m in domain_columns],
+            results_rows=domain_rows,
+            hyperparameters=settings,
+            trained_steps=self.trained_steps,
+            command=self.command,
+            starting_point_command=(self.starting_point_command or self.command) if starting_rows else None,
+            no_training_note=self.no_training_note,
+            plots=plots,
+            eval_split=self.eval_split,
+            benchmark_name=self.benchmark_name,
+        )
+        _assert_no_secret(str(card), "the model card")
+        return card
+
+
+__all__ = ["EmbedderCardData", "command_line", "non_default_arguments"]
