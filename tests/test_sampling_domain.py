@@ -126,15 +126,22 @@ def test_ranks_draw_the_same_domains_and_split_the_global_batch():
 
 
 def test_state_dict_resumes_the_same_sequence():
-    losses = {0: 3.0, 1: 1.0, 2: 2.0}
+    # Losses that change with every batch: the window interrupted by the crash (positions 12-15) must keep the
+    # losses of the batches trained before it, or its mean (and the next window's draw) changes.
+    def loss(position, batch):
+        return [3.0, 1.0, 2.0][domain_of(batch)] * (1.0 + 0.37 * position) + 0.5 * (position % 3)
+
     reference = DomainBatchSampler(DOMAINS, 4, "dynamic", seed=5, update_every=4)
-    expected = drain(reference, losses)
+    expected = []
+    for position, batch in enumerate(reference):
+        expected.append(batch)
+        reference.record_loss(domain_of(batch), loss(position, batch))
 
     interrupted = DomainBatchSampler(DOMAINS, 4, "dynamic", seed=5, update_every=4)
     iterator = iter(interrupted)
-    for _ in range(13):  # train 13 batches, then "crash" with one more batch read ahead
+    for position in range(13):  # train 13 batches, then "crash" with one more batch read ahead
         batch = next(iterator)
-        interrupted.record_loss(domain_of(batch), losses[domain_of(batch)])
+        interrupted.record_loss(domain_of(batch), loss(position, batch))
     next(iterator)
     state = interrupted.state_dict()
 
@@ -144,9 +151,11 @@ def test_state_dict_resumes_the_same_sequence():
     for position, batch in enumerate(resumed):  # the Trainer skips the already-trained batches
         replay.append(batch)
         if position >= 13:
-            resumed.record_loss(domain_of(batch), losses[domain_of(batch)])
+            resumed.record_loss(domain_of(batch), loss(position, batch))
     assert replay == expected
     assert resumed.state_dict()["history"] == reference.state_dict()["history"]
+    # the probabilities did move away from the static ones, so the losses were really used
+    assert len({tuple(np.round(p, 6)) for p in reference.state_dict()["history"].values()}) > 2
 
 
 def test_errors_name_the_problem():
