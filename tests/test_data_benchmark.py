@@ -1,6 +1,7 @@
-"""The offline benchmark: split invariants, determinism, missing sources, safe loading of its sources."""
+"""The offline benchmarks: split invariants, determinism, missing sources, safe loading of their sources."""
 
 import argparse
+import dataclasses
 import gzip
 import io
 import json
@@ -14,15 +15,21 @@ from datasets import Image as ImageFeature
 from PIL import Image
 
 from hf_distill.commands import build_benchmark
+from hf_distill.data import benchmark as benchmark_module
 from hf_distill.data.benchmark import (
     FAST_BENCHMARK,
     FAST_DOMAIN_NAMES,
+    ViewDomainSpec,
     build_offline_benchmark,
     default_benchmark_path,
     format_counts_table,
     load_benchmark,
 )
+from hf_distill.data.sources import SourceUnavailable, ViewSource, fit_on_white
+from hf_distill.data.sources import emoji as emoji_sources
 from hf_distill.data.sources import mnist as mnist_sources
+from hf_distill.data.sources.emoji import load_emoji, load_flags
+from hf_distill.data.sources.glyphs import load_cjk_characters, load_hangul_syllables, pseudo_words
 from hf_distill.data.sources.mnist import load_mnist_digits
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -260,3 +267,160 @@ def test_cli_sub_command_builds_and_prints_the_counts(tmp_path, capsys):
     assert format_counts_table(metadata) in printed
     with pytest.raises(SystemExit):
         parser.parse_args(["build-benchmark", "--domains", "cars"])
+
+
+# ------------------------------------------------------------------------------------ manydomain benchmark
+
+
+def coded_view_source(views_per_class):
+    """A fake ViewSource whose images encode (class, view) in two pixels, to check where each image went."""
+
+    def render(label, view, size):
+        pixels = np.full((size, size, 3), 255, dtype=np.uint8)
+        pixels[0, 0] = (label, view, 0)
+        return Image.fromarray(pixels)
+
+    return ViewSource(
+        class_names=tuple(f"class {c}" for c in range(len(views_per_class))),
+        views=[tuple(range(n)) for n in views_per_class],
+        view_names=tuple(f"view {v}" for v in range(max(views_per_class))),
+        render=render,
+    )
+
+
+def decoded(dataset):
+    """(label, source class, view) of every image of a split built from ``coded_view_source``."""
+    rows = []
+    for data, label in zip(raw_images(dataset), dataset["label"]):
+        image = np.asarray(Image.open(io.BytesIO(data)))
+        rows.append((label, int(image[0, 0, 0]), int(image[0, 0, 1])))
+    return rows
+
+
+def test_view_domain_puts_each_view_in_one_split_and_keeps_test_classes_unseen():
+    # 40 classes: 5 with a single view (not usable: never chosen), the others with 2..6 views.
+    views_per_class = [1] * 5 + [2 + c % 5 for c in range(35)]
+    spec = ViewDomainSpec(
+        name="coded",
+        load=lambda: coded_view_source(views_per_class),
+        num_train_classes=20,
+        num_test_classes=10,
+        num_val_classes=6,
+        train_per_class=3,
+        val_per_class=2,
+        test_per_class=4,
+        source="test",
+        licence="test",
+    )
+    domain, facts = benchmark_module._build_view_domain(spec, seed=0, scale=1.0, image_size=16)
+    rows = {split: decoded(domain[split]) for split in ("train", "val", "test")}
+    assert facts["num_train_classes"] == 20
+    # Labels are consistent: one source class per label, train/val share labels 0..19, test has 20..29.
+    source_of = {}
+    for split_rows in rows.values():
+        for label, source, _ in split_rows:
+            assert source_of.setdefault(label, source) == source
+    assert {label for label, _, _ in rows["train"]} == set(range(20))
+    assert {label for label, _, _ in rows["test"]} == set(range(20, 30))
+    train_sources = {source_of[label] for label in range(20)}
+    test_sources = {source_of[label] for label in range(20, 30)}
+    assert not train_sources & test_sources
+    assert all(views_per_class[s] >= 2 for s in train_sources | test_sources)
+    # No (class, view) image appears twice, in a split or across splits.
+    pairs = [(source, view) for split_rows in rows.values() for _, source, view in split_rows]
+    assert len(pairs) == len(set(pairs))
+    per_label = {split: np.bincount([label for label, _, _ in rows[split]], minlength=30) for split in rows}
+    for label in range(20):
+        available = views_per_class[source_of[label]]
+        val = per_label["val"][label]
+        assert val in (0, 2)
+        assert 1 <= per_label["train"][label] == min(3, available - val)
+    # Val classes: at most num_val_classes, each with 2 images (a class of 2 views cannot spare 2 for val).
+    assert 0 < np.count_nonzero(per_label["val"]) <= 6
+    for label in range(20, 30):
+        assert per_label["test"][label] == min(4, views_per_class[source_of[label]])
+    names = facts["class_names"]
+    assert names["train"] == [f"class {source_of[label]}" for label in range(20)]
+    assert names["test"] == [f"class {source_of[label]}" for label in range(20, 30)]
+
+
+def test_view_domain_shrinks_its_class_counts_to_the_source_and_names_a_too_small_one():
+    spec = ViewDomainSpec(
+        name="coded",
+        load=lambda: coded_view_source([3] * 15),
+        num_train_classes=20,
+        num_test_classes=10,
+        num_val_classes=5,
+        train_per_class=3,
+        val_per_class=2,
+        test_per_class=3,
+        source="test",
+        licence="test",
+    )
+    domain, facts = benchmark_module._build_view_domain(spec, seed=0, scale=1.0, image_size=8)
+    # 15 usable classes for 30 wanted: both counts halve.
+    assert facts["num_train_classes"] == 10 and len(set(domain["test"]["label"])) == 5
+    tiny = dataclasses.replace(spec, load=lambda: coded_view_source([3, 3, 3, 1, 1]))
+    with pytest.raises(ValueError, match="'coded'.*3 classes with 2\\+ views"):
+        benchmark_module._build_view_domain(tiny, seed=0, scale=1.0, image_size=8)
+
+
+def test_flag_codes_are_read_from_emoji_code_points():
+    assert emoji_sources._flag_code("1F1EB-1F1F7") == "fr"
+    assert emoji_sources._flag_code("1F1FA-1F1F8") == "us"
+    assert emoji_sources._flag_code("1F3F4-E0067-E0062-E0065-E006E-E0067-E007F") == "gb-eng"
+    assert emoji_sources._flag_code("0023-FE0F-20E3") is None
+    assert emoji_sources._flag_code("1F3F4") is None
+
+
+def test_fit_on_white_keeps_the_aspect_ratio_and_composites_alpha():
+    black = Image.new("RGBA", (10, 20), (0, 0, 0, 255))
+    fitted = np.asarray(fit_on_white(black, 64, margin=2))
+    # 10x20 scaled into a 60x60 box is 30x60, centred: columns 17..46 black, rows 2..61 black.
+    assert fitted.shape == (64, 64, 3)
+    ink = np.argwhere(fitted.min(axis=2) < 128)
+    assert ink[:, 1].min() == 17 and ink[:, 1].max() == 46
+    assert ink[:, 0].min() == 2 and ink[:, 0].max() == 61
+    clear = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    assert np.all(np.asarray(fit_on_white(clear, 16)) == 255)
+
+
+def test_pseudo_words_are_fixed_by_their_seed():
+    words = pseudo_words(5, seed=0)
+    assert words == pseudo_words(5, seed=0) and words != pseudo_words(5, seed=1)
+    assert all(len(w) == 7 and w[3] == "\n" for w in words)
+
+
+def test_missing_fonts_and_npm_packages_are_named(tmp_path):
+    with pytest.raises(SourceUnavailable, match="fonts-noto-cjk"):
+        load_cjk_characters(roots=[tmp_path])
+    with pytest.raises(SourceUnavailable, match="fonts-nanum"):
+        load_hangul_syllables(roots=[tmp_path])
+    with pytest.raises(SourceUnavailable, match="emoji-datasource"):
+        load_emoji(npm_dir=tmp_path)
+    with pytest.raises(SourceUnavailable, match="flag-icons"):
+        load_flags(npm_dir=tmp_path)
+
+
+def test_manydomain_real_sources_build_64px_deterministically(tmp_path):
+    domains = ["cjk", "emoji", "flags"]
+    first = build_offline_benchmark(tmp_path / "a", seed=0, scale=0.01, domains=domains)
+    again = build_offline_benchmark(tmp_path / "b", seed=0, scale=0.01, domains=domains)
+    other = build_offline_benchmark(tmp_path / "c", seed=1, scale=0.01, domains=["emoji"])
+    loaded, repeated = load_benchmark(first), load_benchmark(again)
+    metadata = loaded.metadata
+    assert metadata["benchmark"] == "manydomain" and metadata["image_size"] == 64
+    assert loaded.domain_names == domains and metadata["skipped_domains"] == {}
+    # 1 % of the classes: cjk 3000 -> 30 training classes, emoji 1136 -> 11, flags 159 -> 2 (at least 2).
+    assert loaded.num_classes == {"cjk": 30, "emoji": 11, "flags": 2}
+    assert metadata["domains"]["emoji"]["views"] == ["google", "twitter", "openmoji"]
+    for name in domains:
+        for split in ("train", "val", "test"):
+            assert raw_images(loaded.domains[name][split]) == raw_images(repeated.domains[name][split])
+        image = Image.open(io.BytesIO(raw_images(loaded.domains[name]["test"])[0]))
+        assert (image.mode, image.size) == ("RGB", (64, 64))
+        names = metadata["domains"][name]["class_names"]
+        assert not set(names["train"]) & set(names["test"])
+    assert raw_images(load_benchmark(other).domains["emoji"]["train"]) != raw_images(
+        loaded.domains["emoji"]["train"]
+    )
