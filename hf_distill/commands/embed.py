@@ -3,7 +3,8 @@
 The model is a folder or Hub id saved by hf_distill (``save_embedder``); images are preprocessed with its
 saved image processor. Images are found recursively by extension and decoded fully first, so a corrupt,
 truncated or empty file is reported by name: ``--on-bad-image error`` (default) stops there, ``skip``
-leaves it out and counts it.
+leaves it out and counts it. Decoding and preprocessing run in ``--num-workers`` DataLoader worker processes
+(default: one per spare CPU core, at most 8) while the model embeds the previous batch.
 
 Output: tensor ``embeddings`` ``(n_images, dim)`` float32; metadata ``paths`` (JSON list, relative to the
 folder, row order), ``model``, ``num_skipped`` and ``skipped`` (JSON list of ``[path, reason]``).
@@ -14,7 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +38,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1 ...)")
     parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=default_num_workers(),
+        help="DataLoader processes decoding and preprocessing images (0: in the main process)",
+    )
+    parser.add_argument(
         "--on-bad-image",
         choices=["error", "skip"],
         default="error",
         help="an undecodable image stops the run (error) or is skipped and counted (skip)",
     )
     parser.set_defaults(func=run)
+
+
+def default_num_workers() -> int:
+    """One decoding worker per CPU core left after the main process, at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+class _PreprocessedFiles:
+    """Image files decoded fully and preprocessed: item ``i`` is ``(i, pixels)``, or ``(i, reason)`` for a file
+    that does not decode.
+
+    A map-style dataset for ``torch.utils.data.DataLoader``; the failure is returned rather than raised so that
+    the main process decides (stop or skip) whichever worker met it.
+    """
+
+    def __init__(self, paths: list[Path], processor: Any) -> None:
+        self.paths = paths
+        self.processor = processor
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, Any]:
+        from hf_distill.data.decoding import ImageDecodeError, check_image_file
+
+        try:
+            image = check_image_file(self.paths[index])
+        except ImageDecodeError as error:
+            return index, error.reason
+        return index, self.processor(image, return_tensors="pt").pixel_values[0]
+
+
+def _keep_as_list(items: list) -> list:
+    return items
 
 
 def find_images(folder: Path) -> list[Path]:
@@ -60,6 +103,7 @@ def embed_folder(
     batch_size: int = 64,
     device: str = "cpu",
     on_bad_image: str = "error",
+    num_workers: int = 0,
 ) -> dict:
     """Embed every image under ``folder`` and write ``output``; returns a summary.
 
@@ -70,14 +114,16 @@ def embed_folder(
         batch_size: images per forward pass.
         device: torch device.
         on_bad_image: ``"error"`` or ``"skip"``.
+        num_workers: DataLoader worker processes decoding and preprocessing images (0: this process).
     """
     import torch
     from safetensors.torch import save_file
+    from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
     from transformers import AutoImageProcessor, AutoModel
 
     import hf_distill  # noqa: F401  (registers the embedder with the Auto classes)
-    from hf_distill.data.decoding import DecodeReport, ImageDecodeError, check_image_file
+    from hf_distill.data.decoding import DecodeReport, ImageDecodeError
 
     if output.suffix != ".safetensors":
         raise ValueError(f"--output {output} must end with .safetensors")
@@ -85,6 +131,8 @@ def embed_folder(
         raise ValueError(f"--batch-size must be positive, got {batch_size}")
     if on_bad_image not in ("error", "skip"):
         raise ValueError(f"--on-bad-image must be 'error' or 'skip', got {on_bad_image!r}")
+    if num_workers < 0:
+        raise ValueError(f"--num-workers must be >= 0, got {num_workers}")
     paths = find_images(folder)
     model = AutoModel.from_pretrained(model_path).to(device).eval()
     processor = AutoImageProcessor.from_pretrained(model_path)
@@ -92,29 +140,30 @@ def embed_folder(
     report = DecodeReport()
     kept: list[str] = []
     chunks: list[torch.Tensor] = []
-    batch: list = []
-
-    def flush() -> None:
-        with torch.no_grad():
-            pixel_values = processor(batch, return_tensors="pt").pixel_values.to(device)
-            chunks.append(model(pixel_values=pixel_values).embeddings.float().cpu())
-        batch.clear()
-
-    for path in tqdm(paths, desc="embedding", unit="img"):
-        report.num_checked += 1
-        try:
-            image = check_image_file(path)
-        except ImageDecodeError as error:
-            if on_bad_image == "error":
-                raise
-            report.add_skipped(error)
-            continue
-        batch.append(image)
-        kept.append(path.relative_to(folder).as_posix())
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
+    loader = DataLoader(
+        _PreprocessedFiles(paths, processor),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_keep_as_list,
+        pin_memory=torch.device(device).type == "cuda",
+    )
+    with torch.no_grad(), tqdm(total=len(paths), desc="embedding", unit="img") as progress:
+        for items in loader:
+            pixels = []
+            for index, value in items:
+                report.num_checked += 1
+                if isinstance(value, str):
+                    error = ImageDecodeError(paths[index], value)
+                    if on_bad_image == "error":
+                        raise error
+                    report.add_skipped(error)
+                    continue
+                pixels.append(value)
+                kept.append(paths[index].relative_to(folder).as_posix())
+            if pixels:
+                pixel_values = torch.stack(pixels).to(device, non_blocking=True)
+                chunks.append(model(pixel_values=pixel_values).embeddings.float().cpu())
+            progress.update(len(items))
     if not kept:
         raise ValueError(f"none of the {len(paths)} image files under {folder} could be decoded")
     if report.num_skipped:
@@ -135,7 +184,13 @@ def embed_folder(
 def run(args: argparse.Namespace) -> int:
     """Run ``hf-distill embed``."""
     summary = embed_folder(
-        args.model, args.images, args.output, args.batch_size, args.device, on_bad_image=args.on_bad_image
+        args.model,
+        args.images,
+        args.output,
+        args.batch_size,
+        args.device,
+        on_bad_image=args.on_bad_image,
+        num_workers=args.num_workers,
     )
     print(
         f"wrote {summary['num_images']} embeddings of dimension {summary['dim']} to {args.output}"

@@ -87,9 +87,27 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return parameter.device, parameter.dtype if parameter.dtype.is_floating_point else torch.float32
 
 
+class _TransformedImages(torch.utils.data.Dataset):
+    """The ``image`` column of a ``datasets.Dataset``, decoded and transformed (in loader workers if any)."""
+
+    def __init__(self, images: Dataset, transform: Transform) -> None:
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(self.images[int(index)]["image"])
+
+    def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
+        # One Arrow read per batch rather than one per image.
+        return [self.transform(image) for image in self.images[[int(i) for i in indices]]["image"]]
+
+
 @torch.no_grad()
 def embed_dataset(
-    model: nn.Module, dataset: Dataset, transform: Transform, batch_size: int = 128
+    model: nn.Module, dataset: Dataset, transform: Transform, batch_size: int = 128, num_workers: int = 0
 ) -> torch.Tensor:
     """Embed every image of a dataset, in order.
 
@@ -98,6 +116,8 @@ def embed_dataset(
         dataset: a ``datasets.Dataset`` with an ``image`` column.
         transform: maps one decoded image to a ``(C, H, W)`` tensor.
         batch_size: images per forward pass.
+        num_workers: ``DataLoader`` worker processes that decode and transform the next batches while the
+            model runs (0: in this process, between forward passes).
 
     Returns:
         A float32 CPU tensor ``(len(dataset), dim)``. The model's train/eval flags are left as they were.
@@ -106,13 +126,19 @@ def embed_dataset(
         raise ValueError(f"the dataset has no 'image' column (columns: {dataset.column_names})")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    images = dataset.select_columns(["image"])
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     device, dtype = _model_device_dtype(model)
+    loader = torch.utils.data.DataLoader(
+        _TransformedImages(dataset.select_columns(["image"]), transform),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
     chunks = []
     with eval_mode(model):
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size]["image"]
-            pixel_values = torch.stack([transform(image) for image in batch]).to(device, dtype)
+        for batch in loader:
+            pixel_values = batch.to(device, dtype, non_blocking=True)
             embeddings = output_embeddings(model(pixel_values=pixel_values))
             chunks.append(embeddings.detach().to("cpu", torch.float32))
     if not chunks:
@@ -168,6 +194,7 @@ class RetrievalEvaluator:
         domains: evaluate only these domains (default: all, in benchmark order).
         map_k: cut-off of the extra mAP@k metric.
         backend: k-NN backend (``"auto"``, ``"faiss"``, ``"torch"``).
+        num_workers: loader workers decoding images while the model runs (see `embed_dataset`).
 
     Calling it returns ``{"<protocol>/<domain>/<metric>": value, "<protocol>/mean/<metric>": value}``;
     ``primary_metric`` is ``"merged/mean/R@1"`` (model selection of UDON) when merged is computed.
@@ -185,6 +212,7 @@ class RetrievalEvaluator:
         domains: Sequence[str] | None = None,
         map_k: int = 5,
         backend: Backend = "auto",
+        num_workers: int = 0,
     ) -> None:
         if split not in benchmark.eval_pairs:
             raise ValueError(
@@ -203,6 +231,7 @@ class RetrievalEvaluator:
         self.pairs = {name: tuple(pairs[name]) for name in self.domains}
         self.map_k = map_k
         self.backend = backend
+        self.num_workers = num_workers
         protocol = "merged" if "merged" in self.protocols else self.protocols[0]
         self.primary_metric = f"{protocol}/mean/R@1"
         self._writer = _ResultWriter(f"retrieval_{split}_results")
@@ -225,11 +254,13 @@ class RetrievalEvaluator:
         retrieval = {}
         for name, (query_split, index_split) in self.pairs.items():
             splits = self.benchmark.domains[name]
-            query = embed_dataset(model, splits[query_split], transform, self.batch_size)
+            query = embed_dataset(model, splits[query_split], transform, self.batch_size, self.num_workers)
             if query_split == index_split:
                 retrieval[name] = RetrievalDomain(query, self._labels[(name, query_split)])
             else:
-                index = embed_dataset(model, splits[index_split], transform, self.batch_size)
+                index = embed_dataset(
+                    model, splits[index_split], transform, self.batch_size, self.num_workers
+                )
                 retrieval[name] = RetrievalDomain(
                     query, self._labels[(name, query_split)], index, self._labels[(name, index_split)]
                 )
@@ -305,6 +336,7 @@ class KNNClassificationEvaluator:
         batch_size: images per forward pass.
         domains: evaluate only these domains (default: all).
         backend: k-NN backend.
+        num_workers: loader workers decoding images while the model runs (see `embed_dataset`).
 
     Calling it returns ``{"knn/<domain>/top1": accuracy, "knn/mean/top1": unweighted mean}``.
     """
@@ -324,6 +356,7 @@ class KNNClassificationEvaluator:
         batch_size: int = 128,
         domains: Sequence[str] | None = None,
         backend: Backend = "auto",
+        num_workers: int = 0,
     ) -> None:
         if weighting not in ("cosine", "majority"):
             raise ValueError(f"weighting must be 'cosine' or 'majority', got {weighting!r}")
@@ -337,6 +370,7 @@ class KNNClassificationEvaluator:
         self.batch_size = batch_size
         self.domains = _select_domains(domains, benchmark.domains)
         self.backend = backend
+        self.num_workers = num_workers
         for name in self.domains:
             for part in (index_split, query_split):
                 if part not in benchmark.domains[name]:
@@ -356,8 +390,12 @@ class KNNClassificationEvaluator:
         metrics = {}
         for name in self.domains:
             splits = self.benchmark.domains[name]
-            index = embed_dataset(model, splits[self.index_split], transform, self.batch_size)
-            queries = embed_dataset(model, splits[self.query_split], transform, self.batch_size)
+            index = embed_dataset(
+                model, splits[self.index_split], transform, self.batch_size, self.num_workers
+            )
+            queries = embed_dataset(
+                model, splits[self.query_split], transform, self.batch_size, self.num_workers
+            )
             predictions = knn_classify(
                 queries,
                 index,
