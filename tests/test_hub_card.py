@@ -1,5 +1,7 @@
 """Model cards: metadata and model-index from evaluator metrics, hyperparameters, plots, citations, secrets."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from datasets import Dataset
@@ -8,9 +10,12 @@ from transformers import Trainer, TrainingArguments
 
 from hf_distill.hub import (
     METHODS,
+    EmbedderCardData,
     build_model_card,
+    command_line,
     extract_usage_snippet,
     hyperparameters_from_training_args,
+    non_default_arguments,
     parse_retrieval_metrics,
 )
 from hf_distill.models.embedder import UniversalEmbedderConfig, UniversalEmbedderModel
@@ -209,3 +214,70 @@ def test_separate_only_metrics_still_fill_the_model_index(model):
     )
     results = {(r.dataset_config, r.metric_name): r.metric_value for r in card.data.eval_results}
     assert results == {("digits", "R@1 (separate)"): 0.8, ("digits", "mP@5 (separate)"): 0.7}
+
+
+def test_starting_point_rows_come_first_and_the_card_says_the_model_is_below_them(model):
+    starting_point = {
+        "starting_point/full/merged/mean/R@1": 0.75,
+        "starting_point/full/merged/mean/mP@5": 0.5,
+        "starting_point/pca8/merged/mean/R@1": 0.5,
+        "starting_point/pca8/merged/mean/mP@5": 0.25,
+    }
+    data = EmbedderCardData(
+        method="udon",
+        metrics=METRICS,
+        starting_point=starting_point,
+        command="python recipes/udon.py --config demo.yaml",
+    )
+    text = str(data.to_model_card(model))
+    lines = text.splitlines()
+    rows = [
+        line for line in lines if line.startswith("| starting point") or line.startswith("| **this model**")
+    ]
+    # resnet10t pools 512 features; merged columns from the metrics, separate ones only for the trained model.
+    assert rows == [
+        "| starting point: `resnet10t` untrained, full features (512-d) | 75.00 | 50.00 | – | – | ",
+        "| starting point: `resnet10t` untrained, PCA-8 of its features (fitted on train) | 50.00 | 25.00 | – | – | ",
+        "| **this model** (8-d) | 62.50 | 43.75 | 87.50 | – | ",
+    ]
+    assert (
+        "On merged mean R@1 this model is **not above** its starting point: **below** the full features (512-d): "
+        "75.00 → 62.50 (-12.50); above the PCA-8 of its features (fitted on train): 50.00 → 62.50 (+12.50)."
+    ) in text
+    assert "Starting point measured by: `python recipes/udon.py --config demo.yaml`" in text
+    # Only the trained model fills the model-index.
+    assert {r.metric_value for r in data.to_model_card(model).data.eval_results} == {
+        0.5,
+        0.25,
+        0.75,
+        0.625,
+        0.4375,
+    }
+
+
+def test_card_without_starting_point_has_no_starting_rows(model):
+    text = str(EmbedderCardData(method="unic", metrics=METRICS).to_model_card(model))
+    assert "starting point" not in text.lower()
+    assert "| **this model** (8-d) | 62.50 | 43.75 | 87.50 | – | " in text
+
+
+def test_command_line_hides_secret_options():
+    shown = command_line(["recipes/udon.py", "--hub_token", "hf_abc", "--hub-token=hf_def", "--lr", "0.1"])
+    assert shown == "python recipes/udon.py --hub_token '***' '--hub-token=***' --lr 0.1"
+
+
+def test_non_default_arguments_are_the_changed_fields_without_paths_or_tokens(tmp_path):
+    args = TrainingArguments(
+        output_dir=str(tmp_path), learning_rate=3e-4, max_steps=5, report_to="none", hub_token="hf_xyz"
+    )
+    assert non_default_arguments(args) == {"learning_rate": 3e-4, "max_steps": 5}
+    assert non_default_arguments(TrainingArguments(output_dir=str(tmp_path), lr_scheduler_type="cosine")) == {
+        "lr_scheduler_type": "cosine"
+    }
+
+
+def test_template_ships_inside_the_package():
+    import hf_distill
+    from hf_distill.hub.model_card import TEMPLATE_PATH
+
+    assert TEMPLATE_PATH.is_file() and Path(hf_distill.__file__).parent in TEMPLATE_PATH.parents

@@ -16,7 +16,7 @@ import re
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -39,44 +39,68 @@ from hf_distill.hub.model_card import (
 )
 
 STARTING_POINT_PREFIX = "starting_point/"
-# Arguments that name places or runs rather than how the model was trained.
+# Arguments that name places, runs or process details rather than how the model was trained.
 BOOKKEEPING_ARGUMENTS = frozenset(
-    {"output_dir", "logging_dir", "run_name", "resume_from_checkpoint", "hub_model_id", "disable_tqdm"}
+    {
+        "output_dir",
+        "logging_dir",
+        "run_name",
+        "resume_from_checkpoint",
+        "hub_model_id",
+        "disable_tqdm",
+        "ddp_find_unused_parameters",
+    }
 )
 PCA_FORM = re.compile(r"^pca(?P<dim>\d+)$")
 
 
 def _plain(value: Any) -> Any:
-    """Enums as their value; everything else unchanged."""
+    """Enums as their value (also inside lists); everything else unchanged."""
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
     return value.value if isinstance(value, Enum) else value
 
 
-def non_default_arguments(args: Any) -> dict[str, Any]:
-    """The fields of a ``TrainingArguments`` (or any dataclass) whose value differs from the default.
+def _same_as_default(value: Any, default: Any) -> bool:
+    """Whether a field holds its default, also after ``__post_init__`` filled an empty default in (``None`` →
+    ``False``, ``"none"`` → ``[]``, ``None`` → a default configuration object)."""
+    value, default = _plain(value), _plain(default)
+    if value == default:
+        return True
+    if default is None or default in ("", "none"):
+        if value is None or value is False or value in ("", "none"):
+            return True
+        if isinstance(value, list | dict) and not value:
+            return True
+        return is_dataclass(value) and value == type(value)()
+    return False
 
-    The defaults are those of a fresh instance of the same class with the same ``output_dir`` (so values that
-    ``__post_init__`` derives, e.g. ``logging_dir``, compare equal); a class that cannot be built that way is
-    compared with its field defaults. Bookkeeping fields (paths, run name) and anything named like a secret
-    (token, password, ...) are left out.
+
+def non_default_arguments(args: Any) -> dict[str, Any]:
+    """The fields of a ``TrainingArguments`` (or any dataclass) whose value differs from the field's default.
+
+    The defaults are read from the dataclass fields, not from a fresh instance: building ``TrainingArguments``
+    resets accelerate's state, which a running ``Trainer`` depends on. Values derived by ``__post_init__`` from
+    an unset field (e.g. UDON's ``backbone_learning_rate``) count as set: they are what the run used.
+    Bookkeeping fields (paths, run name, process details) and anything named like a secret (token, password,
+    ...) are left out.
 
     Args:
         args: the training arguments of the run.
     """
-    try:
-        defaults = vars(type(args)(output_dir=args.output_dir))
-    except (TypeError, ValueError):
-        defaults = {
-            f.name: f.default if f.default is not MISSING else f.default_factory()
-            for f in fields(args)
-            if f.default is not MISSING or f.default_factory is not MISSING
-        }
     values = {}
     for f in fields(args):
         if not f.init or f.name in BOOKKEEPING_ARGUMENTS or SECRET_KEY.search(f.name):
             continue
-        value = _plain(getattr(args, f.name))
-        if f.name not in defaults or value != _plain(defaults[f.name]):
-            values[f.name] = value
+        if f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:
+            default = MISSING
+        value = getattr(args, f.name)
+        if default is MISSING or not _same_as_default(value, default):
+            values[f.name] = _plain(value)
     return values
 
 
@@ -110,13 +134,12 @@ def _summary(grouped: Mapping[str, Mapping[str, Mapping[str, float]]], protocol:
     return next(iter(domains.values())).get(metric) if len(domains) == 1 else None
 
 
-def _form_label(form: str, feature_dim: Any, backbone: str) -> str:
+def _form_label(form: str, feature_dim: Any) -> str:
+    """How the card names a starting-point form (``full``, ``pca64``, ...)."""
     match = PCA_FORM.match(form)
     if match:
-        return f"starting point: `{backbone}` untrained, PCA-{match['dim']} of its features (fitted on train)"
-    if form == "full":
-        return f"starting point: `{backbone}` untrained, full features ({feature_dim}-d)"
-    return f"starting point: {form}"
+        return f"PCA-{match['dim']} of its features (fitted on train)"
+    return f"full features ({feature_dim}-d)" if form == "full" else form
 
 
 @dataclass
@@ -222,15 +245,14 @@ class EmbedderCardData:
 
     # ------------------------------------------------------------------------------------------ rendering
 
-    def _starting_rows(self, feature_dim: Any, backbone: str) -> list[tuple[str, dict]]:
+    def _starting_rows(self, feature_dim: Any) -> list[tuple[str, dict]]:
+        """``(form label, grouped metrics)`` per starting-point form, full features first."""
         forms: dict[str, dict[str, float]] = {}
         for key, value in self.starting_point.items():
             form, _, rest = key.removeprefix(STARTING_POINT_PREFIX).partition("/")
             forms.setdefault(form, {})[rest] = value
         order = sorted(forms, key=lambda form: (form != "full", form))
-        return [
-            (_form_label(form, feature_dim, backbone), parse_retrieval_metrics(forms[form])) for form in order
-        ]
+        return [(_form_label(form, feature_dim), parse_retrieval_metrics(forms[form])) for form in order]
 
     def _comparison(self, starting_rows, trained) -> str | None:
         """One sentence saying whether the trained model is above each starting point on the primary metric."""
@@ -242,16 +264,14 @@ class EmbedderCardData:
             starts = [(label, value) for label, value in starts if value is not None]
             if final is None or not starts:
                 continue
-            parts = []
-            for label, value in starts:
-                delta = 100 * (final - value)
-                word = "above" if delta >= 0 else "**below**"
-                parts.append(
-                    f"{word} {label.removeprefix('starting point: ')} ({100 * value:.2f}, {delta:+.2f})"
-                )
+            parts = [
+                f"{'above' if final >= value else '**below**'} the {label}: {100 * value:.2f} → "
+                f"{100 * final:.2f} ({100 * (final - value):+.2f})"
+                for label, value in starts
+            ]
             verdict = "above" if all(final >= value for _, value in starts) else "**not above**"
             return (
-                f"On {protocol} mean R@1 this model ({100 * final:.2f}) is {verdict} its starting point: "
+                f"On {protocol} mean R@1 this model is {verdict} its starting point: "
                 + "; ".join(parts)
                 + "."
             )
@@ -295,7 +315,7 @@ class EmbedderCardData:
         trained = parse_retrieval_metrics(
             {k: v for k, v in self.metrics.items() if not k.startswith(STARTING_POINT_PREFIX)}
         )
-        starting_rows = self._starting_rows(feature_dim or "backbone", config.backbone)
+        starting_rows = self._starting_rows(feature_dim or "backbone")
         settings = {
             **_clean_hyperparameters(self.hyperparameters),
             **_clean_hyperparameters(self.training_arguments),
@@ -323,7 +343,13 @@ class EmbedderCardData:
                     for p, m in columns
                 ],
             }
-            for label, grouped in [*starting_rows, (f"**this model** ({output_dim}-d)", trained)]
+            for label, grouped in [
+                *(
+                    (f"starting point: `{config.backbone}` untrained, {label}", grouped)
+                    for label, grouped in starting_rows
+                ),
+                (f"**this model** ({output_dim}-d)", trained),
+            ]
         ]
         domain_columns = [(p, m) for p in ("merged", "separate") for m in ("R@1", "mP@5") if p in trained]
         domain_names = list(dict.fromkeys(d for p in trained.values() for d in p if d != "mean"))
@@ -380,6 +406,7 @@ class EmbedderCardData:
             usage_snippet=usage_snippet(repo_id),
             summary_columns=[f"{m} ({p})" for p, m in columns],
             summary_rows=summary_rows if (starting_rows or trained) else [],
+            has_starting_point=bool(starting_rows),
             comparison=self._comparison(starting_rows, trained),
             validation_text=self._validation_text(),
             results_columns=[f"{m} ({p})" for p, m in domain_columns],

@@ -153,3 +153,94 @@ class StartingPointCallback(TrainerCallback):
             {metric: final}, self.metrics, metric, what="the best evaluated checkpoint"
         )
         self.trainer.add_to_run_summary("best_minus_starting_point", delta)
+
+
+class ModelCardCallback(TrainerCallback):
+    """Fills a :class:`~hf_distill.hub.EmbedderCardData` as training goes (sentence-transformers' way).
+
+    - train begin: the training arguments that differ from their defaults; the starting point — the untrained
+      backbone as full features and as a PCA of them fitted on the training split, evaluated on
+      ``card_data.eval_split`` of ``benchmark`` (when given) and appended to the log history at step 0, so a
+      resumed run reads it back instead of measuring a trained model;
+    - log: the log history, and the step-0 evaluation of the untrained model logged by
+      :class:`StartingPointCallback`;
+    - evaluate: the evaluator's last metrics and their step;
+    - train end: the number of steps and the final log history.
+
+    The recipe then sets ``card_data.metrics`` (the test metrics) and renders the card with
+    ``card_data.to_model_card(embedder, plots_dir=...)``.
+
+    Args:
+        card_data: the card data to fill.
+        benchmark: measure the starting point on it at train begin; None to leave ``card_data.starting_point``
+            as the recipe set it.
+        **starting_point_kwargs: passed to :func:`~hf_distill.evaluation.starting_point.evaluate_starting_point`
+            (``domains``, ``protocols``, ``max_fit_images``, ``batch_size``, ``pca_dim``; ``pca_dim`` defaults
+            to the embedding width).
+    """
+
+    def __init__(self, card_data, benchmark=None, **starting_point_kwargs) -> None:
+        self.card_data = card_data
+        self.benchmark = benchmark
+        self.starting_point_kwargs = starting_point_kwargs
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from hf_distill.hub.card_data import STARTING_POINT_PREFIX, command_line
+
+        self.card_data.record_training_arguments(args)
+        if self.card_data.command is None:
+            self.card_data.command = command_line()
+        untrained = starting_point_from_history(state.log_history)
+        if untrained:
+            self.card_data.record_evaluation(untrained, 0, untrained=True)
+        logged = {
+            key: value
+            for entry in state.log_history
+            for key, value in entry.items()
+            if key.startswith(STARTING_POINT_PREFIX)
+        }
+        if logged:
+            self.card_data.record_starting_point(logged)
+        elif self.benchmark is not None and not self.card_data.starting_point:
+            if state.global_step > 0:
+                logger.warning(
+                    "resumed at step %d without a logged starting point: the card shows none (the model is "
+                    "no longer untrained)",
+                    state.global_step,
+                )
+            elif state.is_world_process_zero:
+                results = self._measure_starting_point(model)
+                self.card_data.record_starting_point(results)
+                state.log_history.append({**results, "step": state.global_step})
+        self.card_data.log_history = state.log_history
+
+    def _measure_starting_point(self, model) -> dict[str, float]:
+        from hf_distill.evaluation.starting_point import evaluate_starting_point
+
+        export = getattr(model, "export_embedder", None)
+        if export is None:
+            raise TypeError(
+                f"ModelCardCallback(benchmark=...) measures the starting point on model.export_embedder(), which "
+                f"{type(model).__name__} lacks; measure it with evaluate_starting_point and set "
+                "card_data.starting_point instead"
+            )
+        embedder = export()
+        kwargs = dict(self.starting_point_kwargs)
+        kwargs.setdefault("pca_dim", embedder.config.embed_dim or 64)
+        results = evaluate_starting_point(embedder, self.benchmark, split=self.card_data.eval_split, **kwargs)
+        logger.info("starting point on %s: %s", self.card_data.eval_split, results)
+        return results
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        untrained = starting_point_from_history([logs or {}])
+        if untrained:
+            self.card_data.record_evaluation(untrained, 0, untrained=True)
+        self.card_data.log_history = state.log_history
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if metrics:
+            self.card_data.record_evaluation(metrics, state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.card_data.trained_steps = state.global_step
+        self.card_data.log_history = [dict(entry) for entry in state.log_history]
