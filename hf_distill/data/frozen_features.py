@@ -4,7 +4,7 @@ Training a small head on frozen features (the "learning pays" check of ``benchma
 head sweeps) needs every image embedded once by the frozen backbone. ``benchmark_features`` does that per
 domain and split with ``hf_distill.teachers.cache.build_feature_cache`` and reuses the cache on the next
 call; the cache's spec records the backbone, the preprocessing and a digest of the benchmark's
-``benchmark.json``, so a rebuilt benchmark or another input size never reads stale features.
+``benchmark.json`` entry, so a rebuilt domain or another input size never reads stale features.
 
 Layout: ``<cache_root>/<backbone>-<image_size>px/<domain>/<split>/`` (one feature cache each).
 """
@@ -31,9 +31,15 @@ FEATURE_COLUMN = "features"
 DEFAULT_CACHE_ROOT = Path("outputs") / "feature_cache"
 
 
-def benchmark_digest(benchmark: Benchmark) -> str:
-    """A digest of the benchmark's metadata (seed, scale, counts, class names): changes when it is rebuilt differently."""
-    text = json.dumps(benchmark.metadata, sort_keys=True, separators=(",", ":"))
+def domain_digest(benchmark: Benchmark, domain: str) -> str:
+    """A digest of one domain's build facts (seed, scale, image size, counts, class names) in ``benchmark.json``.
+
+    It changes when that domain is rebuilt differently, and only then: rebuilding another domain keeps the cache.
+    """
+    metadata = benchmark.metadata
+    facts = {key: metadata.get(key) for key in ("seed", "scale", "image_size")}
+    facts["domain"] = metadata.get("domains", {}).get(domain)
+    text = json.dumps(facts, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -51,7 +57,7 @@ def frozen_feature_spec(
             "std": list(transform.std),
         },
         extra={
-            "benchmark": benchmark_digest(benchmark),
+            "benchmark": domain_digest(benchmark, domain),
             "domain": domain,
             "split": split,
             "num_images": len(benchmark.domains[domain][split]),
@@ -125,5 +131,6 @@ def benchmark_features(
                     cache_dir,
                     batch_size=batch_size,
                 )
-            features[domain][split] = cache[FEATURE_COLUMN].float()
+            # Numpy slicing reads the fixed-length feature column as one 2-D array (fast); rows are in image order.
+            features[domain][split] = torch.from_numpy(cache.with_format("numpy")[:][FEATURE_COLUMN]).float()
     return features
