@@ -142,3 +142,16 @@ def test_card_snippet_runs_in_a_fresh_process_against_the_hub(model, hub_server,
             **UniversalEmbedderImageProcessor.from_model_config(model.config)(image, return_tensors="pt")
         )
     torch.testing.assert_close(torch.tensor(out["embeddings"]), expected.embeddings, rtol=0, atol=1e-5)
+
+
+def test_push_in_offline_mode_gives_the_library_error_and_keeps_local_save(model, tmp_path):
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE:
+        pytest.skip("needs HF_HUB_OFFLINE=1 at import time (tests/conftest.py sets it)")
+    folder = save(model, tmp_path / "embedder", "tester/offline")
+    before = folder_digest(folder)
+    with pytest.raises(HubPushError, match="HF_HUB_OFFLINE") as raised:
+        push_embedder(folder, "tester/offline", token="hf_offline_secret")
+    assert "tester/offline" in str(raised.value) and "hf_offline_secret" not in str(raised.value)
+    assert folder_digest(folder) == before

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import CommitInfo, HfApi, ModelCard
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
 from hf_distill.hub.model_card import _assert_no_secret, build_model_card
 from hf_distill.models.embedder import UniversalEmbedderImageProcessor, UniversalEmbedderModel
@@ -99,7 +99,8 @@ def push_embedder(
         the ``CommitInfo`` of the upload.
 
     Raises:
-        HubPushError: the server refused the token or failed; ``output_dir`` is left as it was.
+        HubPushError: the server refused the token or failed, or huggingface_hub is offline
+            (``HF_HUB_OFFLINE=1``); ``output_dir`` is left as it was.
     """
     output_dir = Path(output_dir)
     _check_folder(output_dir)
@@ -107,6 +108,13 @@ def push_embedder(
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         commit = api.upload_folder(folder_path=output_dir, repo_id=repo_id, commit_message=commit_message)
+    except OfflineModeIsEnabled as error:
+        raise HubPushError(
+            f"pushing {output_dir} to {repo_id!r} needs the network, but huggingface_hub is in offline mode "
+            "(HF_HUB_OFFLINE=1). The local save in "
+            f"{output_dir} is intact; push it later with push_embedder (or `hf upload {repo_id} {output_dir}`) "
+            "from a session without HF_HUB_OFFLINE."
+        ) from error
     except HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else None
         server_message = _scrub(getattr(error, "server_message", None) or str(error).splitlines()[0], token)
