@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import TrainingArguments
 
@@ -39,6 +40,13 @@ class DistillationTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"backbone_norm must be one of {BACKBONE_NORM_MODES}, got {self.backbone_norm!r}"
             )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The Trainer pickles these arguments into every checkpoint (``training_args.bin``): the live object keeps
+        # ``hub_token`` for pushing, pickled copies never hold it. Prefer ``HF_TOKEN`` or ``hf auth login``.
+        state = dict(self.__dict__)
+        state["hub_token"] = None
+        return state
 
 
 @dataclass
