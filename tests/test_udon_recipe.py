@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import AutoModel, TrainerCallback
 
@@ -33,7 +34,7 @@ def write_config(tmp_path: Path, benchmark_dir: Path, **overrides) -> Path:
         backbone_lr_ratio=1.0,
         backbone_frozen_epochs=0,
         sampling_update_every=4,
-        logging_steps=2,
+        logging_steps=1,
         eval_strategy="steps",
         eval_steps=6,
         save_strategy="steps",
@@ -85,8 +86,12 @@ def test_single_process_run_trains_evaluates_and_exports(reference):
     assert summary["global_step"] == 12 and summary["test_metrics"] == pytest.approx(metrics)
     assert summary["best_model_checkpoint"] is not None
     embedder_dir = output_dir / "embedder"
-    card = (embedder_dir / "README.md").read_text()
-    assert "UDON" in card and "merged/mean/R@1" in card.replace(" ", "") or "R@1" in card
+    card = ModelCard.load(embedder_dir / "README.md")
+    assert "UDON" in card.text
+    # the model-index reports the test metrics of this run (rounded to 4 digits)
+    results = {(r.dataset_config, r.metric_name): r.metric_value for r in card.data.eval_results}
+    assert results[("mean", "R@1 (merged)")] == round(metrics["merged/mean/R@1"], 4)
+    assert results[("clothing", "mP@5 (merged)")] == round(metrics["merged/clothing/mP@5"], 4)
     model = AutoModel.from_pretrained(embedder_dir)
     assert model.config.embed_dim == 64 and not any("teacher" in key for key in model.state_dict())
     assert (output_dir / "sampling_curves.png").stat().st_size > 1000
@@ -170,15 +175,20 @@ def check_against_reference(reference, output_dir: Path) -> None:
     rank0 = json.loads((output_dir / "domain_trace_rank0.json").read_text())
     rank1 = json.loads((output_dir / "domain_trace_rank1.json").read_text())
     assert rank0 == rank1 and len(rank0) == 12
-    # the first window is round-robin and the global batches are the reference's
+    # Beyond the round-robin first window (steps 1-4): the second window is drawn from the losses of the
+    # first, reduced over processes, with the shared seed; a wrong seed or unreduced per-rank losses change it.
+    # (Later windows may differ: the relational loss compares each process's own 4 images, not all 8, so the
+    # weights drift apart from step 2 on.)
     full_trace = json.loads((reference_dir / "domain_trace_rank0.json").read_text())
-    assert rank0[:4] == full_trace[:4]
+    assert rank0[:8] == full_trace[:8]
+    # Step 1 sees the reference's images with the reference's augmentation (seeded per example) and the same
+    # initial weights: its per-image losses agree to float rounding. A wrong seed picks other images.
+    first, first_reference = first_logged_losses(output_dir), first_logged_losses(reference_dir)
+    assert first["step"] == first_reference["step"] == 1
+    for key in ("loss_teacher", "loss_student", "loss_logit"):
+        assert first[key] == pytest.approx(first_reference[key], rel=1e-5), key
     metrics = json.loads((output_dir / "test_metrics.json").read_text())
     assert metrics["merged/mean/R@1"] == pytest.approx(reference_metrics["merged/mean/R@1"], abs=0.05)
-    # the first logged losses average the same global batches from the same initial weights
-    # (random crops differ between one and two processes, hence the tolerance)
-    first, first_reference = first_logged_losses(output_dir), first_logged_losses(reference_dir)
-    assert first["loss_teacher"] == pytest.approx(first_reference["loss_teacher"], rel=0.1)
 
 
 def test_two_processes_draw_the_same_domains(reference, tmp_path):
