@@ -1,18 +1,28 @@
-"""Time and memory of merged UnED retrieval evaluation: the library path against a naive full matrix.
+"""Time and memory of UnED retrieval evaluation: the library against raw faiss (its limit) and a naive matrix.
 
-Default size: 10k queries against a 1M x 64 index of random unit vectors (scattered around random class
-centroids, so that R@1 is not zero) split over 4 domains of unequal size. Each method runs in its own
+Default size: 10k queries against a 200k x 64 index (the issue's figure: ``--index-size 1000000``) of random
+unit vectors (scattered around random class centroids, so that R@1 is not zero) split over 4 domains of
+unequal size. Each method runs in its own
 worker process, so that its peak resident memory (``ru_maxrss`` from ``resource.getrusage``, which counts
 torch and faiss allocations alike) is its own. The "above data" column subtracts the resident size
 measured once the embeddings exist, i.e. what the search itself costs.
 
 Methods:
-- ``library-faiss`` / ``library-torch``: ``hf_distill.evaluation.evaluate_retrieval(protocols=["merged"])``
-  with that k-NN backend (the torch one chunked under ``--memory-budget-mb``);
+- ``faiss-knn``: raw ``faiss.knn`` of all queries against the whole index (the merged protocol's search, top 5,
+  no metric), with ``faiss.cvar.distance_compute_blas_threshold`` lowered to 0 so that faiss takes its BLAS
+  path (this faiss build's default, 128000, sends fewer queries down a 2-3x slower pair-by-pair path): the limit;
+- ``faiss-flatip``: the same search as ``IndexFlatIP.add`` + ``.search`` (BLAS forced too);
+- ``library-faiss`` / ``library-separate`` / ``library-torch``:
+  ``hf_distill.evaluation.evaluate_retrieval`` with the merged protocol (faiss or torch k-NN backend, the torch
+  one chunked under ``--memory-budget-mb``) or the separate protocol (faiss), metrics included;
 - ``naive``: ``queries @ index.T`` as one matrix, ``topk``, then the same metric code. Skipped (and said so)
   when the matrix does not fit in the available memory.
 
-Usage: ``python benchmarks/bench_retrieval.py [--queries 10000] [--index-size 1000000] [--threads 2]``
+Prints ``ROW`` lines for ``benchmarks/run_all.py``: library merged / raw ``faiss.knn`` (target <= 1.1) and the
+others against the same limit, with each method's peak memory.
+
+Usage: ``python benchmarks/bench_retrieval.py [--queries 10000] [--index-size 200000] [--threads 2]
+[--methods faiss-knn faiss-flatip library-faiss library-separate library-torch naive]``
 """
 
 from __future__ import annotations
@@ -27,11 +37,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from table import emit_row
 
 from hf_distill.evaluation.knn import faiss_available
 from hf_distill.evaluation.metrics import RetrievalDomain, evaluate_retrieval, label_matrix, query_metrics
 
-METHODS = ("library-faiss", "library-torch", "naive")
+METHODS = ("faiss-knn", "faiss-flatip", "library-faiss", "library-separate", "library-torch", "naive")
+DEFAULT_METHODS = ("faiss-knn", "faiss-flatip", "library-faiss", "library-separate")
+FAISS_METHODS = ("faiss-knn", "faiss-flatip", "library-faiss", "library-separate")
 DOMAIN_SHARES = (0.4, 0.3, 0.2, 0.1)
 
 
@@ -124,33 +137,48 @@ def naive_merged(domains: dict[str, RetrievalDomain]) -> dict[str, float]:
     }
 
 
+def raw_faiss(domains: dict[str, RetrievalDomain], method: str, k: int = 5) -> None:
+    """The merged protocol's search alone, with faiss's BLAS path forced on."""
+    import faiss
+
+    queries = np.ascontiguousarray(torch.cat([d.query_embeddings for d in domains.values()]).numpy())
+    index = np.ascontiguousarray(torch.cat([d.index_embeddings for d in domains.values()]).numpy())
+    faiss.cvar.distance_compute_blas_threshold = 0
+    if method == "faiss-knn":
+        faiss.knn(queries, index, k, metric=faiss.METRIC_INNER_PRODUCT)
+    else:
+        flat = faiss.IndexFlatIP(index.shape[1])
+        flat.add(index)
+        flat.search(queries, k)
+
+
 def worker(args: argparse.Namespace) -> None:
     """Run one method and print one JSON line of figures."""
     torch.set_num_threads(args.threads)
-    if args.method == "library-faiss":
+    if args.method in FAISS_METHODS:
         import faiss
 
         faiss.omp_set_num_threads(args.threads)
     domains = make_domains(args)
     data_rss = _rss_mib()
     start = time.perf_counter()
+    r_at_1 = float("nan")
     if args.method == "naive":
-        metrics = naive_merged(domains)
+        r_at_1 = naive_merged(domains)["merged/mean/R@1"]
+    elif args.method.startswith("faiss-"):
+        raw_faiss(domains, args.method)
     else:
+        protocol = "separate" if args.method == "library-separate" else "merged"
         metrics = evaluate_retrieval(
             domains,
-            protocols=["merged"],
-            backend=args.method.removeprefix("library-"),
+            protocols=[protocol],
+            backend="torch" if args.method == "library-torch" else "faiss",
             memory_budget_mb=args.memory_budget_mb,
         )
+        r_at_1 = metrics[f"{protocol}/mean/R@1"]
     seconds = time.perf_counter() - start
     peak = _peak_rss_mib()
-    figures = {
-        "seconds": seconds,
-        "peak_rss_mib": peak,
-        "data_rss_mib": data_rss,
-        "R@1": metrics["merged/mean/R@1"],
-    }
+    figures = {"seconds": seconds, "peak_rss_mib": peak, "data_rss_mib": data_rss, "R@1": r_at_1}
     print(json.dumps(figures))
 
 
@@ -159,7 +187,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--queries", type=int, default=10_000)
-    parser.add_argument("--index-size", type=int, default=1_000_000)
+    parser.add_argument("--index-size", type=int, default=200_000)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--domains", type=int, default=4)
     parser.add_argument("--classes", type=int, default=1000, help="labels per domain")
@@ -168,7 +196,7 @@ def main() -> None:
     )
     parser.add_argument("--memory-budget-mb", type=float, default=256.0, help="torch backend score block")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -177,23 +205,23 @@ def main() -> None:
         return
 
     print(
-        f"merged retrieval: {args.queries} queries x {args.index_size} index x {args.dim}-d, "
+        f"retrieval: {args.queries} queries x {args.index_size} index x {args.dim}-d, "
         f"{args.domains} domains, {args.threads} threads, torch budget {args.memory_budget_mb:g} MB"
     )
     print("memory: peak RSS = resource.getrusage(RUSAGE_SELF).ru_maxrss of a worker process per method")
-    print(f"{'method':<14} {'seconds':>9} {'peak RSS MiB':>13} {'above data MiB':>15} {'merged R@1':>11}")
+    print(f"{'method':<16} {'seconds':>9} {'peak RSS MiB':>13} {'above data MiB':>15} {'mean R@1':>9}")
     worker_argv = [arg for arg in sys.argv[1:]]
     results = {}
     for method in args.methods:
-        if method == "library-faiss" and not faiss_available():
-            print(f"{method:<14} skipped: faiss is not installed")
+        if method in FAISS_METHODS and not faiss_available():
+            print(f"{method:<16} skipped: faiss is not installed")
             continue
         if method == "naive":
             needed = args.queries * args.index_size * 4 / 2**20
             available = _available_mib()
             if needed > 0.8 * available:
                 print(
-                    f"{method:<14} skipped: the {args.queries} x {args.index_size} float32 score matrix needs "
+                    f"{method:<16} skipped: the {args.queries} x {args.index_size} float32 score matrix needs "
                     f"{needed / 1024:.1f} GiB, {available / 1024:.1f} GiB available"
                 )
                 continue
@@ -206,12 +234,40 @@ def main() -> None:
         figures = json.loads(completed.stdout.strip().splitlines()[-1])
         results[method] = figures
         print(
-            f"{method:<14} {figures['seconds']:>9.2f} {figures['peak_rss_mib']:>13.0f} "
-            f"{figures['peak_rss_mib'] - figures['data_rss_mib']:>15.0f} {figures['R@1']:>11.4f}"
+            f"{method:<16} {figures['seconds']:>9.2f} {figures['peak_rss_mib']:>13.0f} "
+            f"{figures['peak_rss_mib'] - figures['data_rss_mib']:>15.0f} {figures['R@1']:>9.4f}"
         )
-    values = {round(figures["R@1"], 12) for figures in results.values()}
-    if len(values) > 1:
+    merged = {
+        round(figures["R@1"], 12)
+        for method, figures in results.items()
+        if method in ("library-faiss", "library-torch", "naive")
+    }
+    if len(merged) > 1:
         print("warning: the methods disagree on merged R@1", file=sys.stderr)
+    limit = results.get("faiss-knn")
+    if limit is None:
+        return
+    size = f"{args.queries:,} q x {args.index_size:,} x {args.dim}-d"
+    labels = {
+        "library-faiss": f"retrieval merged, library (faiss), {size}",
+        "library-separate": f"retrieval separate, library (faiss), {size}",
+        "library-torch": f"retrieval merged, library (torch), {size}",
+        "faiss-flatip": f"IndexFlatIP.search, BLAS forced, {size}",
+        "naive": f"retrieval merged, naive full matrix, {size}",
+    }
+    for method, label in labels.items():
+        if method in results:
+            figures = results[method]
+            emit_row(
+                label,
+                figures["seconds"],
+                "raw faiss.knn, BLAS forced",
+                limit["seconds"],
+                "s",
+                1.1 if method == "library-faiss" else None,
+                note=f"peak RSS above data: {figures['peak_rss_mib'] - figures['data_rss_mib']:,.0f} MiB "
+                f"(faiss.knn: {limit['peak_rss_mib'] - limit['data_rss_mib']:,.0f} MiB); {args.threads} threads",
+            )
 
 
 if __name__ == "__main__":

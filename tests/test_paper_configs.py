@@ -1,0 +1,151 @@
+"""The paper-scale configurations run: ``recipes/configs/udon_uned_vitb16_clip.yaml`` and
+``recipes/configs/unic_imagenet_paper.yaml``, each for 2 optimizer steps on the CPU at their real architecture
+(ViT-B/16 students, two ViT-B/16 teachers for UNIC) and input size (224 px), through the recipes' ``main``.
+
+Only what needs the network or a GPU cluster is replaced: the data (a small generated UnED-layout tree; a
+small image folder instead of ImageNet), the Hub weights (random initialisation), and the run length, batch
+size, loader workers, checkpointing and logging back-end. Everything else comes from the YAML files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from transformers import AutoModel
+
+import hf_distill  # noqa: F401  (registers the Auto classes)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "recipes" / "configs"
+sys.path.insert(0, str(REPO / "recipes"))
+
+import udon as udon_recipe  # noqa: E402
+import unic as unic_recipe  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+# Two optimizer steps of two images each, both logged; no checkpoint, no worker processes, no tensorboard.
+SHORT_RUN = [
+    "--max_steps", "2",
+    "--logging_steps", "1",
+    "--per_device_train_batch_size", "2",
+    "--dataloader_num_workers", "0",
+    "--save_strategy", "no",
+    "--report_to", "none",
+    "--use_cpu", "true",
+    "--disable_tqdm", "true",
+]  # fmt: skip
+
+
+def write_image(path: Path, rng: np.random.Generator) -> None:
+    """A small random RGB JPEG of non-square size (the recipes resize and crop it to 224 px)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = rng.integers(24, 48, size=2)
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+
+
+def write_uned_tree(root: Path) -> tuple[Path, Path]:
+    """``info_files/<domain>/<split>.json`` + images for two UnED domains: ``cars`` (test/test pairs) and
+    ``inshop`` (test/index pairs). Two classes per split, two images per class."""
+    rng = np.random.default_rng(0)
+    info_root, image_root = root / "info_files", root / "images"
+    splits = {"cars": ("train", "val", "test"), "inshop": ("train", "val", "test", "index")}
+    for domain, names in splits.items():
+        for split in names:
+            # Train and val share classes 0-1; test and index hold unseen classes 2-3.
+            classes = (0, 1) if split in ("train", "val") else (2, 3)
+            entries = []
+            for class_id in classes:
+                for number in range(2):
+                    relative = f"{domain}/{split}/{class_id}_{number}.jpg"
+                    write_image(image_root / relative, rng)
+                    entries.append({"path": relative, "class_id": class_id})
+            (info_root / domain).mkdir(parents=True, exist_ok=True)
+            (info_root / domain / f"{split}.json").write_text(json.dumps(entries))
+    return info_root, image_root
+
+
+def assert_vitb_embedder(export_dir: Path, embed_dim: int) -> None:
+    """The exported embedder is a ViT-B/16 at 224 px giving finite, unit-norm ``embed_dim`` embeddings."""
+    embedder = AutoModel.from_pretrained(export_dir).eval()
+    assert embedder.config.image_size == 224
+    parameters = sum(p.numel() for p in embedder.backbone.parameters())
+    assert 85e6 < parameters < 87e6  # ViT-B/16: 85.8M without its classifier
+    with torch.no_grad():
+        embeddings = embedder(pixel_values=torch.randn(1, 3, 224, 224)).embeddings
+    assert embeddings.shape == (1, embed_dim)
+    assert torch.isfinite(embeddings).all()
+    torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(1))
+
+
+def logged_steps(output_dir: Path) -> int:
+    history = json.loads((output_dir / "log_history.json").read_text())
+    return max(entry["step"] for entry in history)
+
+
+def test_udon_uned_vitb16_clip_config_trains_two_steps(tmp_path):
+    info_root, image_root = write_uned_tree(tmp_path / "uned")
+    output_dir = tmp_path / "udon"
+    metrics = udon_recipe.main(
+        [
+            "--config", str(CONFIGS / "udon_uned_vitb16_clip.yaml"),
+            "--uned_info_root", str(info_root),
+            "--uned_image_root", str(image_root),
+            "--output_dir", str(output_dir),
+            # Random weights instead of downloading CLIP; train the backbone from the first step (the config
+            # freezes it for 2 epochs) so that both steps run its backward pass too.
+            "--hub_pretrained", "false",
+            "--backbone_frozen_epochs", "0",
+            "--eval_strategy", "no",
+            "--load_best_model_at_end", "false",
+            *SHORT_RUN,
+        ]
+    )  # fmt: skip
+    assert logged_steps(output_dir) == 2
+    summary = json.loads((output_dir / "run_summary.json").read_text())
+    assert summary["recipe"]["backbone"] == "vit_base_patch16_clip_224.openai"
+    assert summary["recipe"]["image_size"] == 224
+    # Test retrieval of both domains and the per-domain teachers (evaluate_teachers: true) ran.
+    for key in ("merged/mean/R@1", "separate/cars/R@1", "separate/inshop/R@1", "oracle/inshop/R@1"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert_vitb_embedder(output_dir / "embedder", embed_dim=64)
+
+
+def test_unic_imagenet_paper_config_trains_two_steps(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    images = tmp_path / "imagenet" / "train"
+    for class_name in ("n01440764", "n01443537"):
+        for number in range(2):
+            write_image(images / class_name / f"{number}.jpg", rng)
+    # The DINO and DeiT-III teachers of the config, built with random weights instead of a Hub download.
+    create_model = timm.create_model
+
+    def random_weights(name: str, pretrained: bool = False, **kwargs):
+        return create_model(name.removeprefix("hf-hub:timm/"), pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", random_weights)
+    output_dir = tmp_path / "unic"
+    unic_recipe.main(
+        [
+            "--config", str(CONFIGS / "unic_imagenet_paper.yaml"),
+            "--train_dataset", str(tmp_path / "imagenet"),
+            "--output_dir", str(output_dir),
+            *SHORT_RUN,
+        ]
+    )  # fmt: skip
+    assert logged_steps(output_dir) == 2
+    summary = json.loads((output_dir / "run_summary.json").read_text())
+    assert summary["recipe"]["student_backbone"] == "vit_base_patch16_224"
+    history = json.loads((output_dir / "log_history.json").read_text())
+    # Both teachers were distilled (their loss components were logged) in bf16 autocast, finite.
+    logged = {key: value for entry in history for key, value in entry.items()}
+    for teacher in ("dino", "deit3"):
+        assert np.isfinite(logged[f"{teacher}/cls"]) and np.isfinite(logged[f"{teacher}/patch"])
+    assert_vitb_embedder(output_dir / "embedder", embed_dim=768)
