@@ -47,6 +47,12 @@ def parse_recipe_args(dataclass_types: Sequence[type], argv: Sequence[str] | Non
         one instance per dataclass, in order.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(arg == "--hub_token" or arg.startswith("--hub_token=") for arg in argv):
+        raise ValueError(
+            "--hub_token on the command line is visible to every user of the machine (ps), in the shell history and "
+            "in the command `accelerate launch` prints when a run fails; set the HF_TOKEN environment variable or "
+            "run `hf auth login` instead (the token is never written to checkpoints or logs)"
+        )
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, remaining = pre.parse_known_args(argv)
@@ -65,11 +71,36 @@ def parse_recipe_args(dataclass_types: Sequence[type], argv: Sequence[str] | Non
                 f"config file '{known.config}' has unknown keys {unknown}; valid keys are the fields of "
                 f"{[cls.__name__ for cls in dataclass_types]}"
             )
-        for key in config:
+        for key, value in config.items():
+            _check_config_value(known.config, key, value, destinations[key])
             # A value given in the file satisfies a required argument.
             destinations[key].required = False
         parser.set_defaults(**config)
     return tuple(parser.parse_args_into_dataclasses(args=remaining))
+
+
+def _check_config_value(path: str, key: str, value: Any, action: argparse.Action) -> None:
+    """Refuse a YAML value of the wrong type now, before data and models load.
+
+    argparse converts command-line strings with the field's type but takes YAML values (set as defaults) as they
+    are, so ``max_steps: 2.5`` would otherwise reach the Trainer and fail there.
+    """
+    items = value if isinstance(value, list) else [value]
+    if isinstance(value, list) and action.nargs not in ("+", "*"):
+        raise ValueError(f"config file '{path}': {key} takes a single value, got the list {value!r}")
+    for item in items:
+        if action.type is _json_mapping and not isinstance(item, (dict, type(None))):
+            raise ValueError(f"config file '{path}': {key} must be a mapping, got {item!r}")
+        if item is None or isinstance(item, str):
+            continue  # strings go through the field's own conversion, as on the command line
+        if action.type is int and (isinstance(item, bool) or not isinstance(item, int)):
+            raise ValueError(f"config file '{path}': {key} must be an integer, got {item!r}")
+        if action.type is float and (isinstance(item, bool) or not isinstance(item, (int, float))):
+            raise ValueError(f"config file '{path}': {key} must be a number, got {item!r}")
+        if action.choices is not None and item not in action.choices:
+            raise ValueError(
+                f"config file '{path}': {key} must be one of {list(action.choices)}, got {item!r}"
+            )
 
 
 def _json_mapping(text: str) -> dict[str, Any]:
