@@ -14,12 +14,14 @@ Every method exports the same way::
 ``hf_distill.hub.testing`` holds a local Hub test server for doing this without a network.
 """
 
-from hf_distill.hub.card_data import EmbedderCardData, command_line, non_default_arguments
+from hf_distill.hub.card_data import EmbedderCardData
 from hf_distill.hub.model_card import (
     METHODS,
     build_model_card,
+    command_line,
     extract_usage_snippet,
     hyperparameters_from_training_args,
+    non_default_arguments,
     parse_retrieval_metrics,
 )
 from hf_distill.hub.push import HubPushError, push_embedder, save_embedder

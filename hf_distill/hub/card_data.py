@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
-import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
-from enum import Enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,104 +23,21 @@ from huggingface_hub import ModelCard, ModelCardData
 from hf_distill.hub.model_card import (
     METHODS,
     PER_DOMAIN_PNG,
-    SECRET_KEY,
     TEMPLATE_PATH,
     TRAINING_CURVES_PNG,
     _assert_no_secret,
     _clean_hyperparameters,
     _eval_results,
+    _plain,
     _plot_per_domain,
     _plot_training_curves,
+    non_default_arguments,
     parse_retrieval_metrics,
     usage_snippet,
 )
 
 STARTING_POINT_PREFIX = "starting_point/"
-# Arguments that name places, runs or process details rather than how the model was trained.
-BOOKKEEPING_ARGUMENTS = frozenset(
-    {
-        "output_dir",
-        "logging_dir",
-        "run_name",
-        "resume_from_checkpoint",
-        "hub_model_id",
-        "disable_tqdm",
-        "ddp_find_unused_parameters",
-    }
-)
 PCA_FORM = re.compile(r"^pca(?P<dim>\d+)$")
-
-
-def _plain(value: Any) -> Any:
-    """Enums as their value (also inside lists); everything else unchanged."""
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return value.value if isinstance(value, Enum) else value
-
-
-def _same_as_default(value: Any, default: Any) -> bool:
-    """Whether a field holds its default, also after ``__post_init__`` filled an empty default in (``None`` →
-    ``False``, ``"none"`` → ``[]``, ``None`` → a default configuration object)."""
-    value, default = _plain(value), _plain(default)
-    if value == default:
-        return True
-    if default is None or default in ("", "none"):
-        if value is None or value is False or value in ("", "none"):
-            return True
-        if isinstance(value, list | dict) and not value:
-            return True
-        return is_dataclass(value) and value == type(value)()
-    return False
-
-
-def non_default_arguments(args: Any) -> dict[str, Any]:
-    """The fields of a ``TrainingArguments`` (or any dataclass) whose value differs from the field's default.
-
-    The defaults are read from the dataclass fields, not from a fresh instance: building ``TrainingArguments``
-    resets accelerate's state, which a running ``Trainer`` depends on. Values derived by ``__post_init__`` from
-    an unset field (e.g. UDON's ``backbone_learning_rate``) count as set: they are what the run used.
-    Bookkeeping fields (paths, run name, process details) and anything named like a secret (token, password,
-    ...) are left out.
-
-    Args:
-        args: the training arguments of the run.
-    """
-    values = {}
-    for f in fields(args):
-        if not f.init or f.name in BOOKKEEPING_ARGUMENTS or SECRET_KEY.search(f.name):
-            continue
-        if f.default is not MISSING:
-            default = f.default
-        elif f.default_factory is not MISSING:
-            default = f.default_factory()
-        else:
-            default = MISSING
-        value = getattr(args, f.name)
-        if default is MISSING or not _same_as_default(value, default):
-            values[f.name] = _plain(value)
-    return values
-
-
-def command_line(argv: Sequence[str] | None = None) -> str:
-    """The command that started this process, shell-quoted, with the value of any secret-like option hidden.
-
-    Args:
-        argv: the arguments; ``sys.argv`` when None (the interpreter is written as ``python``).
-    """
-    argv = list(sys.argv if argv is None else argv)
-    words = ["python", *argv] if argv and argv[0].endswith(".py") else argv
-    shown, hide_next = [], False
-    for word in words:
-        name, has_value, _ = word.partition("=")
-        if hide_next:
-            shown.append("***")
-            hide_next = False
-        elif name.startswith("-") and SECRET_KEY.search(name):
-            shown.append(f"{name}=***" if has_value else word)
-            hide_next = not has_value
-        else:
-            shown.append(word)
-    return shlex.join(shown)
 
 
 def _summary(grouped: Mapping[str, Mapping[str, Mapping[str, float]]], protocol: str, metric: str):
@@ -164,11 +78,11 @@ class EmbedderCardData:
         untrained_metrics: the same evaluator on the untrained model at step 0 (``StartingPointCallback``).
         log_history: ``trainer.state.log_history`` (training-curve plot).
         training_arguments: training arguments that differ from their defaults (see
-            :func:`non_default_arguments`).
+            :func:`~hf_distill.hub.model_card.non_default_arguments`).
         hyperparameters: method settings the recipe adds (a mapping, or ``TrainingArguments``: card-worthy
             fields only). Keys named like a secret are never shown.
         trained_steps: optimisation steps run.
-        command: the command line of the run (see :func:`command_line`).
+        command: the command line of the run (see :func:`~hf_distill.hub.model_card.command_line`).
         license / tags: SPDX-style licence id of the weights; extra Hub tags.
         benchmark_name / benchmark_type: how the evaluation data is named in the card and the model-index.
         no_training_note: shown instead of the settings table when there are none.
@@ -424,4 +338,4 @@ class EmbedderCardData:
         return card
 
 
-__all__ = ["EmbedderCardData", "command_line", "non_default_arguments"]
+__all__ = ["EmbedderCardData"]

@@ -185,7 +185,8 @@ class ModelCardCallback(TrainerCallback):
         self.starting_point_kwargs = starting_point_kwargs
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        from hf_distill.hub.card_data import STARTING_POINT_PREFIX, command_line
+        from hf_distill.hub.card_data import STARTING_POINT_PREFIX
+        from hf_distill.hub.model_card import command_line
 
         self.card_data.record_training_arguments(args)
         if self.card_data.command is None:
