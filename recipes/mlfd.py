@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from torch.utils.data import ConcatDataset
-from transformers import AutoModel, TrainingArguments
+from transformers import AutoModel
 from transformers.trainer_utils import get_last_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,15 +45,21 @@ from hf_distill.data import ImageTransform, load_benchmark, with_pixel_values  #
 from hf_distill.data.domains import Benchmark  # noqa: E402
 from hf_distill.evaluation import RetrievalEvaluator  # noqa: E402
 from hf_distill.hub.push import save_embedder  # noqa: E402
-from hf_distill.losses.multilevel import MultiLevelDistillationLoss  # noqa: E402
+from hf_distill.losses import MlfdLoss  # noqa: E402
 from hf_distill.models.mlfd import (  # noqa: E402
     JointTeacherConfig,
     JointTeacherModel,
     MlfdClassifierConfig,
     MlfdClassifierModel,
 )
-from hf_distill.teachers.cache import FeatureCacheSpec, build_feature_cache, load_feature_cache  # noqa: E402
-from hf_distill.trainers.mlfd import CachedMapsDataset, CachedTargetsDataset, MlfdTrainer, map_column  # noqa: E402
+from hf_distill.teachers.cache import (  # noqa: E402
+    FeatureCacheSpec,
+    build_feature_cache,
+    load_feature_cache,
+    map_column,  # noqa: E402
+)
+from hf_distill.trainers.arguments import MlfdTrainingArguments  # noqa: E402
+from hf_distill.trainers.mlfd import CachedMapsDataset, CachedTargetsDataset, MlfdTrainer  # noqa: E402
 
 logger = logging.getLogger("recipes.mlfd")
 
@@ -177,8 +183,8 @@ def _write_json(path: Path, payload: dict) -> None:
 
 def _training_arguments(
     args: MlfdArguments, folder: Path, epochs: float, learning_rate: float, batch_size: int
-) -> TrainingArguments:
-    return TrainingArguments(
+) -> MlfdTrainingArguments:
+    return MlfdTrainingArguments(
         output_dir=str(folder / "checkpoints"),
         num_train_epochs=epochs,
         per_device_train_batch_size=batch_size,
@@ -265,7 +271,7 @@ def evaluate_classifier(
         batch_size=args.eval_batch_size,
         domains=[domain],
     )
-    retrieval = evaluator(model.to_embedder().to(next(model.parameters()).device))
+    retrieval = evaluator(model.export_embedder().to(next(model.parameters()).device))
     metrics.update(
         {f"test/{key.split('/')[-1]}": value for key, value in retrieval.items() if f"/{domain}/" in key}
     )
@@ -346,7 +352,7 @@ def train_classifier(
         benchmark: for the evaluation.
         args: the recipe arguments.
         epochs / learning_rate: the schedule.
-        trainer_kwargs: passed to :class:`MlfdTrainer` (``joint_teacher``, ``distillation_loss``).
+        trainer_kwargs: passed to :class:`MlfdTrainer` (``loss``, ``domain_names``).
     """
     training_args = _training_arguments(args, folder, epochs, learning_rate, args.batch_size)
     trainer = MlfdTrainer(model=model, args=training_args, train_dataset=dataset, **trainer_kwargs)
@@ -636,7 +642,7 @@ def stage4_students(
         dataset = CachedTargetsDataset(
             caches[domain, "train"], source, index, joint.config.teacher_names, seed=args.seed, **view_kwargs
         )
-        loss = MultiLevelDistillationLoss(args.alpha, args.beta, args.gamma, args.temperature)
+        loss = MlfdLoss(joint, args.alpha, args.beta, args.gamma, args.temperature)
         logger.info("stage 4: distilling the joint teacher into the %s student", domain)
         metrics = train_classifier(
             student,
@@ -646,8 +652,7 @@ def stage4_students(
             args,
             args.student_epochs,
             args.student_learning_rate,
-            joint_teacher=joint,
-            distillation_loss=loss,
+            loss=loss,
             domain_names=list(args.domains),
         )
         export_student(student, folder / "embedder", metrics, args)
@@ -691,7 +696,7 @@ def export_student(
         },
     )
     if PartialState().is_main_process:
-        save_embedder(student.to_embedder(), folder, card=card)
+        save_embedder(student.export_embedder(), folder, card=card)
     PartialState().wait_for_everyone()
     return folder
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from hf_distill.losses.multilevel import (
-    MultiLevelDistillationLoss,
+from hf_distill.losses.mlfd import (
+    MlfdLoss,
     feature_map_mse,
     multi_level_distillation_loss,
 )
@@ -59,15 +59,22 @@ def test_feature_mse_aligns_the_student_grid_to_the_teacher():
 def test_default_weights_combine_all_terms():
     student_maps = [torch.tensor([[1.0, 2.0], [3.0, 4.0]]).reshape(1, 1, 2, 2), torch.zeros(1, 2, 1, 1)]
     teacher_maps = [torch.full((1, 1, 1, 1), 2.0), torch.ones(1, 2, 1, 1)]
-    loss = MultiLevelDistillationLoss()
-    losses = loss(STUDENT_LOGITS, LABELS, TEACHER_LOGITS, student_maps, teacher_maps)
+    loss = MlfdLoss()
     assert (loss.alpha, loss.beta, loss.gamma, loss.temperature) == (0.6, 0.2, 0.2, 2.0)
+    losses = multi_level_distillation_loss(
+        STUDENT_LOGITS, LABELS, TEACHER_LOGITS, student_maps, teacher_maps, betas=loss.betas(2)
+    )
     assert losses["mse_0"].item() == pytest.approx(0.25)
     assert losses["mse_1"].item() == pytest.approx(1.0)
     expected = 0.2 * CE + 0.6 * SOFT_CE + 0.2 * 0.25 + 0.2 * 1.0
     assert losses["loss"].item() == pytest.approx(expected, rel=1e-6)
-    weighted = MultiLevelDistillationLoss(beta=[1.0, 0.0])(
-        STUDENT_LOGITS, LABELS, TEACHER_LOGITS, student_maps, teacher_maps
+    weighted = multi_level_distillation_loss(
+        STUDENT_LOGITS,
+        LABELS,
+        TEACHER_LOGITS,
+        student_maps,
+        teacher_maps,
+        betas=MlfdLoss(beta=[1.0, 0.0]).betas(2),
     )
     assert weighted["loss"].item() == pytest.approx(0.2 * CE + 0.6 * SOFT_CE + 0.25, rel=1e-6)
 

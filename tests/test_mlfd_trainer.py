@@ -4,18 +4,25 @@ import datasets
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
-from transformers import TrainingArguments
 
-from hf_distill.losses.multilevel import multi_level_distillation_loss
+from hf_distill.losses import MlfdLoss, multi_level_distillation_loss
 from hf_distill.models.mlfd import (
     JointTeacherConfig,
     JointTeacherModel,
     MlfdClassifierConfig,
     MlfdClassifierModel,
 )
-from hf_distill.teachers.cache import FeatureCacheSpec, build_feature_cache, transform_view, view_seed
-from hf_distill.trainers.mlfd import CachedMapsDataset, CachedTargetsDataset, MlfdTrainer, map_column
+from hf_distill.teachers.cache import (
+    FeatureCacheSpec,
+    build_feature_cache,
+    map_column,
+    transform_view,
+    view_seed,
+)
+from hf_distill.trainers.arguments import MlfdTrainingArguments
+from hf_distill.trainers.mlfd import CachedMapsDataset, CachedTargetsDataset, MlfdTrainer
 
 
 def _source(n: int = 6) -> datasets.Dataset:
@@ -73,8 +80,8 @@ def _cache(tmp_path, views: int = 1) -> datasets.Dataset:
     )
 
 
-def _args(tmp_path) -> TrainingArguments:
-    return TrainingArguments(
+def _args(tmp_path) -> MlfdTrainingArguments:
+    return MlfdTrainingArguments(
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=4,
         max_steps=1,
@@ -115,7 +122,7 @@ def test_stage4_loss_matches_the_multilevel_loss_and_trains_only_the_student(tmp
     dataset = CachedTargetsDataset(cache, _source(), 1, ["toy"], train_transform=_to_tensor)
     student, joint = _student(), _joint()
     joint_before = {k: v.clone() for k, v in joint.state_dict().items()}
-    trainer = MlfdTrainer(model=student, args=_args(tmp_path), train_dataset=dataset, joint_teacher=joint)
+    trainer = MlfdTrainer(model=student, args=_args(tmp_path), train_dataset=dataset, loss=MlfdLoss(joint))
     batch = trainer.data_collator([dataset[i] for i in range(4)])
     student.eval()
     losses = trainer.compute_losses(student, batch)
@@ -141,17 +148,15 @@ def test_stage1_and_stage3_losses(tmp_path):
     pixels, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
     student.eval()
     losses = trainer.compute_losses(student, {"pixel_values": pixels, "labels": labels})
-    torch.testing.assert_close(losses["loss"], student(pixel_values=pixels, labels=labels).loss)
+    torch.testing.assert_close(losses["loss"], F.cross_entropy(student(pixel_values=pixels).logits, labels))
 
     joint = _joint()
     dataset = CachedMapsDataset(_cache(tmp_path), [0, 1, 2, 0, 1, 2], 1, ["toy"])
     trainer = MlfdTrainer(model=joint, args=_args(tmp_path), train_dataset=dataset)
     batch = trainer.data_collator([dataset[i] for i in range(3)])
     losses = trainer.compute_losses(joint, batch)
-    expected = joint(
-        teacher_maps=[batch[map_column("toy")]], domain_ids=batch["domain_ids"], labels=batch["labels"]
-    )
-    torch.testing.assert_close(losses["loss"], expected.loss)
+    expected = joint(teacher_maps=[batch[map_column("toy")]], domain_ids=batch["domain_ids"])
+    torch.testing.assert_close(losses["loss"], F.cross_entropy(expected.logits, batch["labels"]))
 
 
 def test_rejects_a_student_that_does_not_fit_the_joint_teacher(tmp_path):
@@ -159,11 +164,11 @@ def test_rejects_a_student_that_does_not_fit_the_joint_teacher(tmp_path):
         MlfdClassifierConfig(backbone="resnet10t", image_size=32, num_classes=3, dataset="unknown")
     )
     with pytest.raises(ValueError, match="no head in the joint teacher"):
-        MlfdTrainer(model=student, args=_args(tmp_path), train_dataset=[], joint_teacher=_joint())
+        MlfdTrainer(model=student, args=_args(tmp_path), train_dataset=[], loss=MlfdLoss(_joint()))
     two_levels = MlfdClassifierModel(
         MlfdClassifierConfig(
             backbone="resnet10t", image_size=32, num_classes=3, dataset="toy", feature_levels=[-2, -1]
         )
     )
     with pytest.raises(ValueError, match="1 fused map"):
-        MlfdTrainer(model=two_levels, args=_args(tmp_path), train_dataset=[], joint_teacher=_joint())
+        MlfdTrainer(model=two_levels, args=_args(tmp_path), train_dataset=[], loss=MlfdLoss(_joint()))

@@ -1,4 +1,4 @@
-"""recipes/common.py: YAML defaults, command-line overrides and clear errors."""
+"""hf_distill.recipe.parse_recipe_args with the UDON recipe's arguments: YAML defaults, overrides, clear errors."""
 
 import sys
 from pathlib import Path
@@ -9,9 +9,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "recipes"))
 
-from common import parse_recipe_args  # noqa: E402
 from udon import UdonRecipeArguments  # noqa: E402
 
+from hf_distill.recipe import parse_recipe_args  # noqa: E402
 from hf_distill.trainers.arguments import UdonTrainingArguments  # noqa: E402
 
 

@@ -8,7 +8,7 @@ import torch
 
 from hf_distill.losses.standardization import FeatureStandardizer, batch_statistics, cosine_momentum
 from hf_distill.losses.teacher_dropping import teacher_dropping_coefficients, teacher_dropping_loss
-from hf_distill.losses.unic import UnicDistillationLoss, feature_distillation_loss
+from hf_distill.losses.unic import UnicLoss, feature_distillation_loss
 
 # ------------------------------------------------------------------------------------------ feature loss
 
@@ -54,7 +54,9 @@ def _two_teacher_batch():
 @pytest.mark.parametrize("reduction, scale", [("mean", 0.5), ("sum", 1.0)])
 def test_unic_loss_without_dropping_hand_computed(reduction, scale):
     predictions, targets = _two_teacher_batch()
-    losses = UnicDistillationLoss(["a", "b"], drop_prob=0.0, token_reduction=reduction)(predictions, targets)
+    losses = UnicLoss(["a", "b"], drop_prob=0.0, token_reduction=reduction).from_predictions(
+        predictions, targets
+    )
     # Per image and teacher: a = (0.75 + 0.375, 0), b = (0, 0.75 + 0.375); all 4 kept, coefficients 1/4.
     per_teacher = scale * 1.125
     torch.testing.assert_close(losses["loss"], torch.tensor(2 * per_teacher / 4))
@@ -68,7 +70,7 @@ def test_unic_loss_with_full_dropping_keeps_only_the_max_teacher():
     predictions, targets = _two_teacher_batch()
     # p close to 1: only each image's max-loss teacher survives (a for image 0, b for image 1).
     generator = torch.Generator().manual_seed(0)
-    losses = UnicDistillationLoss(["a", "b"], drop_prob=0.999999)(predictions, targets, generator=generator)
+    losses = UnicLoss(["a", "b"], drop_prob=0.999999).from_predictions(predictions, targets, generator)
     torch.testing.assert_close(losses["loss"], torch.tensor(0.5625))
     assert float(losses["a/keep_rate"]) == float(losses["b/keep_rate"]) == 0.5
 

@@ -5,8 +5,9 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
+from hf_distill.layers import ProjectorLadder, resize_token_grid
 from hf_distill.models.embedder import UniversalEmbedderModel
-from hf_distill.models.unic import ProjectorLadder, UnicStudentConfig, UnicStudentModel, resize_token_grid
+from hf_distill.models.unic import UnicStudentConfig, UnicStudentModel
 
 TEACHERS = {
     "cnn": {"global_dim": 10, "token_dim": 12, "grid": [2, 2]},

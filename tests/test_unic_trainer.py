@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from hf_distill.evaluation import RetrievalEvaluator
+from hf_distill.losses import UnicLoss
 from hf_distill.models.unic import UnicStudentConfig, UnicStudentModel
 from hf_distill.teachers import load_teachers
 from hf_distill.trainers.unic import (
@@ -118,8 +119,9 @@ def test_online_training_logs_each_teachers_loss_and_keep_rate(teachers, images,
     teachers_before = {key: value.clone() for key, value in teachers.state_dict().items()}
     trainer = UnicTrainer(
         model=student,
-        args=_args(tmp_path, drop_prob=0.5),
+        args=_args(tmp_path),
         teachers=teachers,
+        loss=UnicLoss(list(teachers), drop_prob=0.5),
         train_dataset=OnlineImageDataset(images, unic_train_transform(32)),
     )
     momenta: dict[int, set[float]] = {}

@@ -18,6 +18,10 @@ _EXPORTS = {
     "load_hub_domain": "hf_distill.data.domains",
     "load_imagefolder_domains": "hf_distill.data.domains",
     "load_uned_domains": "hf_distill.data.domains",
+    "load_domains": "hf_distill.data.loading",
+    "subset_benchmark": "hf_distill.data.loading",
+    "subset_indices": "hf_distill.data.loading",
+    "subset_split": "hf_distill.data.loading",
     "ImageTransform": "hf_distill.data.transforms",
     "with_pixel_values": "hf_distill.data.transforms",
 }

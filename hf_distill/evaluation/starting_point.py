@@ -20,7 +20,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from datasets import concatenate_datasets
 
@@ -108,15 +107,14 @@ def training_sample(benchmark: Any, max_images: int, seed: int = 0, split: str =
         seed: seed of the choice (a private generator: the global random state is not touched).
         split: the split to sample.
     """
+    from hf_distill.data.loading import subset_split
+
     names = list(benchmark.domains)
     per_domain = max(max_images // max(len(names), 1), 1)
-    generator = np.random.default_rng(seed)
-    parts = []
-    for name in names:
-        rows = benchmark.domains[name][split]
-        if len(rows) > per_domain:
-            rows = rows.select(np.sort(generator.choice(len(rows), per_domain, replace=False)).tolist())
-        parts.append(rows.select_columns(["image"]))
+    parts = [
+        subset_split(benchmark.domains[name][split], per_domain, seed).select_columns(["image"])
+        for name in names
+    ]
     return concatenate_datasets(parts)
 
 

@@ -1,5 +1,7 @@
 """Reusable building blocks shared by the methods' models."""
 
+from hf_distill.layers.classifier import CosineClassifier
+from hf_distill.layers.grid import align_spatial, resize_grid, resize_token_grid
 from hf_distill.layers.normalization import (
     BACKBONE_NORM_MODES,
     BackboneNormMixin,
@@ -7,10 +9,17 @@ from hf_distill.layers.normalization import (
     running_stat_modules,
     set_backbone_train_mode,
 )
+from hf_distill.layers.projector import Projector, ProjectorLadder
 
 __all__ = [
     "BACKBONE_NORM_MODES",
     "BackboneNormMixin",
+    "CosineClassifier",
+    "Projector",
+    "ProjectorLadder",
+    "align_spatial",
+    "resize_grid",
+    "resize_token_grid",
     "resolve_backbone_norm",
     "running_stat_modules",
     "set_backbone_train_mode",

@@ -8,6 +8,8 @@ equation, which sums them). Teacher dropping then weighs the teachers per image.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,14 +48,19 @@ def feature_distillation_loss(
     return loss.mean(dim=1) if loss.dim() == 2 else loss
 
 
-class UnicDistillationLoss(nn.Module):
-    """Multi-teacher UNIC loss with teacher dropping.
+class UnicLoss(nn.Module):
+    """UNIC's multi-teacher feature-distillation loss with teacher dropping (SPEC §3).
 
     Args:
         teacher_names: teachers in a fixed order.
-        drop_prob: teacher-dropping probability ``p`` (0 disables dropping; every teacher counts equally).
+        drop_prob: teacher-dropping probability ``p`` (released code 0.5; the paper's large models 0.25; 0
+            disables dropping and every teacher counts equally).
         token_reduction: ``"mean"`` of the CLS and patch losses (released code, default) or ``"sum"`` (paper).
         beta: smooth-L1 threshold.
+
+    Calling it as ``loss(model, inputs, generator)`` runs the student (a ``UnicStudentModel``) on
+    ``inputs["pixel_values"]`` and compares its predictions with ``inputs["targets"]`` (teacher →
+    ``{"cls": (B, D), "patch": (B, N, D)}``, already standardised by the trainer).
     """
 
     def __init__(
@@ -67,27 +74,36 @@ class UnicDistillationLoss(nn.Module):
         if token_reduction not in ("mean", "sum"):
             raise ValueError(f"token_reduction must be 'mean' or 'sum', got {token_reduction!r}")
         if not teacher_names:
-            raise ValueError("UnicDistillationLoss needs at least one teacher name")
+            raise ValueError("UnicLoss needs at least one teacher name")
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob must lie in [0, 1), got {drop_prob}")
         self.teacher_names = list(teacher_names)
         self.drop_prob = drop_prob
         self.token_reduction = token_reduction
         self.beta = beta
 
     def forward(
-        self,
-        predictions: dict[str, dict[str, torch.Tensor]],
-        targets: dict[str, dict[str, torch.Tensor]],
-        generator: torch.Generator | None = None,
+        self, model: nn.Module, inputs: dict[str, Any], generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         """Args:
-            predictions: teacher → ``{"cls": (B, D), "patch": (B, N, D)}`` from the student.
-            targets: the same structure from the (standardised) teachers.
+            model: the (possibly wrapped) student.
+            inputs: ``pixel_values`` (the student's normalised input) and ``targets``.
             generator: optional RNG for teacher dropping.
 
         Returns:
             ``"loss"`` plus, per teacher, ``<name>/cls``, ``<name>/patch``, ``<name>/loss`` and
             ``<name>/keep_rate``.
         """
+        output = model(pixel_values=inputs["pixel_values"], output_predictions=True)
+        return self.from_predictions(output.predictions, inputs["targets"], generator)
+
+    def from_predictions(
+        self,
+        predictions: dict[str, dict[str, torch.Tensor]],
+        targets: dict[str, dict[str, torch.Tensor]],
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The loss from the student's predictions (same structure as the targets); see :meth:`forward`."""
         components: dict[str, torch.Tensor] = {}
         per_teacher = []
         for name in self.teacher_names:
@@ -105,4 +121,4 @@ class UnicDistillationLoss(nn.Module):
         return {**dropped, **components}
 
 
-__all__ = ["UnicDistillationLoss", "feature_distillation_loss"]
+__all__ = ["UnicLoss", "feature_distillation_loss"]

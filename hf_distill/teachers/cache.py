@@ -107,6 +107,18 @@ class FeatureCacheSpec:
         return [name for name in mine if mine[name] != theirs[name]]
 
 
+MAP_COLUMN_PREFIX = "maps_"
+
+
+def map_column(teacher_name: str) -> str:
+    """Name of the cache column holding ``teacher_name``'s feature map.
+
+    Args:
+        teacher_name: a name from ``JointTeacherConfig.teacher_names``.
+    """
+    return f"{MAP_COLUMN_PREFIX}{teacher_name}"
+
+
 def view_seed(seed: int, source_index: int, view: int) -> int:
     """The RNG seed of one view: depends only on the build seed, the image index and the view number, so a
     view is reproducible whatever the batch size or the order of the build."""

@@ -423,19 +423,17 @@ def _load_transformers(spec: TeacherSpec) -> FrozenTeacher:
 def _load_hf_distill(spec: TeacherSpec) -> FrozenTeacher:
     from transformers import AutoModel
 
-    import hf_distill.models  # noqa: F401  (registers the hf_distill Auto classes)
+    import hf_distill  # noqa: F401  (registers the methods and the Auto classes)
+    from hf_distill.registry import exportable_model_classes
 
     path = Path(spec.model).expanduser()
     try:
         model = AutoModel.from_pretrained(str(path))
     except (OSError, ValueError) as error:
         raise TeacherLoadError(f"cannot load the hf_distill model in {path}: {error}") from error
-    # Method models export the embedder that holds the trained backbone (UNIC student, UDON: export_embedder;
-    # MLFD individual teacher or student: to_embedder).
-    for export in ("export_embedder", "to_embedder"):
-        if hasattr(model, export):
-            model = getattr(model, export)()
-            break
+    # A registered method's model exports the embedder that holds its trained backbone.
+    if isinstance(model, exportable_model_classes()):
+        model = model.export_embedder()
     backbone = getattr(model, "backbone", None)
     if backbone is None:
         raise TeacherLoadError(f"{path}: {type(model).__name__} has no backbone to use as a teacher")

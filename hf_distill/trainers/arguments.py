@@ -101,22 +101,14 @@ class UdonTrainingArguments(DistillationTrainingArguments):
 
 @dataclass
 class UnicTrainingArguments(DistillationTrainingArguments):
-    """``DistillationTrainingArguments`` plus UNIC's loss settings (SPEC §3).
+    """``DistillationTrainingArguments`` plus UNIC's target standardisation (SPEC §3; the loss settings are
+    :class:`~hf_distill.losses.UnicLoss`'s).
 
     Args:
-        drop_prob: teacher-dropping probability ``p`` (released code 0.5; paper's large models 0.25).
-        token_reduction: a teacher's per-image loss is the ``"mean"`` (released code) or ``"sum"`` (paper) of its
-            CLS and patch losses.
-        smooth_l1_beta: smooth-L1 threshold.
         standardize_targets: standardise teacher targets with running statistics.
         momentum_start / momentum_end: cosine schedule of the statistics' momentum.
     """
 
-    drop_prob: float = field(
-        default=0.5, metadata={"help": "teacher-dropping probability of non-max teachers"}
-    )
-    token_reduction: str = field(default="mean", metadata={"help": "'mean' (released code) or 'sum' (paper)"})
-    smooth_l1_beta: float = field(default=1.0, metadata={"help": "smooth-L1 beta"})
     standardize_targets: bool = field(default=True, metadata={"help": "standardise teacher targets"})
     momentum_start: float = field(default=1.0, metadata={"help": "standardisation momentum at step 0"})
     momentum_end: float = field(default=0.001, metadata={"help": "standardisation momentum at the last step"})

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from hf_distill.registry import get_method
 from hf_distill.teachers.cache import transform_view
 from hf_distill.trainers.callbacks import StartingPointCallback
 
@@ -151,10 +152,15 @@ class SeededAugmentationDataset(Dataset):
 class DistillationTrainer(Trainer):
     """Base trainer for multi-teacher distillation methods.
 
-    Subclasses implement :meth:`compute_losses`. Everything else is the regular ``Trainer``.
+    The batch's losses come from ``loss(model, inputs)`` — a method loss module (``UdonLoss``, ``UnicLoss``,
+    ``MlfdLoss``) returning ``"loss"`` plus named components, each logged separately. Method trainers add only
+    what is theirs (UDON's sampler and learning-rate groups, UNIC's target standardisation) by overriding
+    :meth:`compute_losses`. A trainer whose class names a registered ``method`` refuses training arguments that
+    are not that method's ``training_arguments_class``.
 
     Args:
         *args: passed to ``transformers.Trainer``.
+        loss: the loss module, called as ``loss(model, inputs) -> dict``.
         evaluator: optional callable ``evaluator(model, output_path=None, epoch=-1, steps=-1) -> dict`` (e.g.
             ``hf_distill.evaluation.RetrievalEvaluator``) run by :meth:`evaluate`; its metrics are returned with
             the ``eval_`` prefix, so ``metric_for_best_model="merged/mean/R@1"`` selects checkpoints by it.
@@ -165,16 +171,27 @@ class DistillationTrainer(Trainer):
     # ``compute_losses`` returns a per-batch mean; the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
+    # Name of the registered method this trainer trains (``hf_distill.registry``); ``None`` for the base class.
+    method: str | None = None
+
     def __init__(
         self,
         *args: Any,
+        loss: nn.Module | None = None,
         evaluator: Callable[..., dict[str, float]] | None = None,
         domain_names: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         # Set before Trainer.__init__, whose argument checks ask whether anything can be evaluated.
         self.evaluator = evaluator
+        self.loss = loss
         super().__init__(*args, **kwargs)
+        if self.method is not None:
+            expected = get_method(self.method).training_arguments_class
+            if not isinstance(self.args, expected):
+                raise TypeError(
+                    f"{type(self).__name__} needs {expected.__name__}, got {type(self.args).__name__}"
+                )
         self.domain_names = list(domain_names) if domain_names is not None else None
         self._checkpoint_states: dict[str, Stateful] = {}
         self._component_sums: dict[str, float] = {}
@@ -217,7 +234,9 @@ class DistillationTrainer(Trainer):
             model: the (possibly wrapped) model.
             inputs: the collated batch, already on the device.
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement compute_losses(model, inputs)")
+        if self.loss is None:
+            raise ValueError(f"{type(self).__name__} was built without a loss: pass loss=<a loss module>")
+        return self.loss(model, inputs)
 
     def compute_loss(
         self,

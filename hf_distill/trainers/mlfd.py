@@ -4,10 +4,11 @@
   dataset-specific student trained without distillation, the baseline MLFD is compared with);
 - stage 3, the joint teacher: a :class:`JointTeacherModel` on cached teacher maps of every dataset;
 - stage 4, a student: an :class:`MlfdClassifierModel` on images, with the frozen joint teacher's logits and fused
-  maps as targets (:class:`~hf_distill.losses.multilevel.MultiLevelDistillationLoss`). The joint teacher runs on
-  the cached maps of the very image (and view) in the batch, so no individual teacher runs during training.
+  maps as targets. The joint teacher runs on the cached maps of the very image (and view) in the batch, so no
+  individual teacher runs during training.
 
-The trainer picks the stage from the model it trains and whether a joint teacher is given.
+:class:`~hf_distill.losses.MlfdLoss` picks the stage's loss from the model it trains and whether it holds a
+joint teacher.
 """
 
 from __future__ import annotations
@@ -20,21 +21,17 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from hf_distill.losses.multilevel import MultiLevelDistillationLoss
-from hf_distill.models.mlfd import JointTeacherModel, MlfdClassifierModel
-from hf_distill.teachers.cache import transform_view, view_seed
+from hf_distill.losses.mlfd import MlfdLoss
+from hf_distill.models.mlfd import (
+    JointTeacherConfig,
+    JointTeacherModel,
+    MlfdClassifierConfig,
+    MlfdClassifierModel,
+)
+from hf_distill.registry import MethodCard, MethodSpec, register_method
+from hf_distill.teachers.cache import map_column, transform_view, view_seed
+from hf_distill.trainers.arguments import MlfdTrainingArguments
 from hf_distill.trainers.base import DistillationTrainer
-
-MAP_COLUMN_PREFIX = "maps_"
-
-
-def map_column(teacher_name: str) -> str:
-    """Name of the cache column holding ``teacher_name``'s feature map.
-
-    Args:
-        teacher_name: a name from ``JointTeacherConfig.teacher_names``.
-    """
-    return f"{MAP_COLUMN_PREFIX}{teacher_name}"
 
 
 def load_cached_maps(
@@ -148,28 +145,24 @@ class CachedTargetsDataset(CachedMapsDataset):
 
 
 class MlfdTrainer(DistillationTrainer):
-    """Trains an MLFD individual teacher, the joint teacher or a student (see the module docstring).
+    """Trains an MLFD individual teacher, the joint teacher or a student with an :class:`~hf_distill.losses.MlfdLoss`
+    (see the module docstring); the stage runner (:mod:`hf_distill.trainers.mlfd_stages`) chains the stages.
 
     Args:
         *args: passed to :class:`DistillationTrainer`.
-        joint_teacher: the trained joint teacher (stage 4 only); frozen and kept in eval mode.
-        distillation_loss: the stage-4 loss (default: released weights α=0.6, β=0.2, γ=0.2, T=2).
+        loss: the stage's :class:`~hf_distill.losses.MlfdLoss` (default: cross-entropy, stages 1 and 3; give one
+            with ``joint_teacher`` for stage 4).
         **kwargs: passed to :class:`DistillationTrainer`.
     """
 
-    def __init__(
-        self,
-        *args: Any,
-        joint_teacher: JointTeacherModel | None = None,
-        distillation_loss: MultiLevelDistillationLoss | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.joint_teacher = joint_teacher
+    method = "mlfd"
+
+    def __init__(self, *args: Any, loss: MlfdLoss | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, loss=loss if loss is not None else MlfdLoss(), **kwargs)
+        joint_teacher = self.loss.joint_teacher
         if joint_teacher is not None:
-            joint_teacher.to(self.args.device).eval().requires_grad_(False)
+            joint_teacher.to(self.args.device)
             self._check_student_matches(self.accelerator.unwrap_model(self.model), joint_teacher)
-        self.distillation_loss = distillation_loss or MultiLevelDistillationLoss()
 
     @staticmethod
     def _check_student_matches(student: nn.Module, joint_teacher: JointTeacherModel) -> None:
@@ -190,42 +183,36 @@ class MlfdTrainer(DistillationTrainer):
                 f"({joint_teacher.config.datasets})"
             )
 
-    def _teacher_maps(self, inputs: dict[str, Any], names: Sequence[str]) -> list[torch.Tensor]:
-        missing = [map_column(name) for name in names if map_column(name) not in inputs]
-        if missing:
-            raise KeyError(f"the batch lacks the cached teacher map column(s) {missing}")
-        return [inputs[map_column(name)] for name in names]
 
-    def compute_losses(self, model: nn.Module, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Stage 1: cross-entropy; stage 3: the joint teacher's cross-entropy; stage 4: the multi-level loss.
+MLFD_CARD = MethodCard(
+    title=(
+        "MLFD — Multi-Level Feature Distillation of joint teachers trained on distinct image datasets "
+        "(Iordache et al., WACV 2025)"
+    ),
+    summary=(
+        "Trained with MLFD: dataset-specific teachers are fused into a joint teacher on cached features, "
+        "whose multi-level fused maps and logits are distilled into the student."
+    ),
+    citation="""@inproceedings{iordache2025mlfd,
+  title     = {Multi-Level Feature Distillation of Joint Teachers Trained on Distinct Image Datasets},
+  author    = {Iordache, Adrian and Alexe, Bogdan and Ionescu, Radu Tudor},
+  booktitle = {IEEE/CVF Winter Conference on Applications of Computer Vision (WACV)},
+  year      = {2025}
+}""",
+)
 
-        Args:
-            model: the model being trained.
-            inputs: the batch (``pixel_values``/``labels``, plus ``maps_*`` and ``domain_ids`` in stages 3-4).
-        """
-        unwrapped = self.accelerator.unwrap_model(model)
-        if isinstance(unwrapped, JointTeacherModel):
-            maps = self._teacher_maps(inputs, unwrapped.config.teacher_names)
-            output = model(teacher_maps=maps, domain_ids=inputs["domain_ids"], labels=inputs["labels"])
-            return {"loss": output.loss}
-        if self.joint_teacher is None:
-            output = model(pixel_values=inputs["pixel_values"], labels=inputs["labels"])
-            return {"loss": output.loss}
-        joint_config = self.joint_teacher.config
-        with torch.no_grad():
-            teacher = self.joint_teacher(
-                teacher_maps=self._teacher_maps(inputs, joint_config.teacher_names),
-                domain_ids=inputs["domain_ids"],
-            )
-        num_classes = joint_config.num_classes[joint_config.datasets.index(unwrapped.config.dataset)]
-        output = model(pixel_values=inputs["pixel_values"], output_feature_maps=True)
-        return self.distillation_loss(
-            output.logits,
-            inputs["labels"],
-            teacher.logits[:, :num_classes],
-            output.distill_maps,
-            teacher.fused_maps,
-        )
+register_method(
+    MethodSpec(
+        name="mlfd",
+        config_class=MlfdClassifierConfig,
+        model_class=MlfdClassifierModel,
+        loss_class=MlfdLoss,
+        training_arguments_class=MlfdTrainingArguments,
+        trainer_class=MlfdTrainer,
+        card=MLFD_CARD,
+        extra_models=((JointTeacherConfig, JointTeacherModel),),
+    )
+)
 
 
-__all__ = ["CachedMapsDataset", "CachedTargetsDataset", "MlfdTrainer", "load_cached_maps", "map_column"]
+__all__ = ["CachedMapsDataset", "CachedTargetsDataset", "MlfdTrainer", "load_cached_maps"]

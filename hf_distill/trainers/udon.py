@@ -10,6 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from hf_distill.losses import UdonLoss
+from hf_distill.models.udon import UdonConfig, UdonModel
+from hf_distill.registry import MethodCard, MethodSpec, register_method
 from hf_distill.sampling import DomainBatchSampler, group_indices_by_domain
 from hf_distill.trainers.arguments import UdonTrainingArguments
 from hf_distill.trainers.base import DistillationTrainer
@@ -21,7 +24,8 @@ HEADS, BACKBONE = "heads", "backbone"
 
 
 class UdonTrainer(DistillationTrainer):
-    """Trains a ``UdonModel`` (or a baseline variant) from single-domain batches.
+    """Trains a ``UdonModel`` (or a baseline variant) with a :class:`~hf_distill.losses.UdonLoss` from
+    single-domain batches.
 
     - heads and classifiers use ``learning_rate``; the backbone uses ``backbone_learning_rate`` and is frozen
       (learning rate 0) for the first ``backbone_frozen_epochs`` epochs;
@@ -34,6 +38,8 @@ class UdonTrainer(DistillationTrainer):
     Args:
         model: a ``UdonModel``.
         args: :class:`~hf_distill.trainers.arguments.UdonTrainingArguments`.
+        loss: a :class:`~hf_distill.losses.UdonLoss` (default: UDON's, or the baselines' without distillation
+            for a model without teacher heads).
         train_dataset: rows with ``pixel_values``, ``labels`` and ``domain_ids`` (see
             ``hf_distill.data.with_pixel_values``).
         evaluator: e.g. ``RetrievalEvaluator(benchmark, split="val")``; select checkpoints with
@@ -44,6 +50,8 @@ class UdonTrainer(DistillationTrainer):
         **kwargs: passed to :class:`~hf_distill.trainers.base.DistillationTrainer`.
     """
 
+    method = "udon"
+
     def __init__(
         self,
         model: nn.Module,
@@ -52,10 +60,12 @@ class UdonTrainer(DistillationTrainer):
         evaluator: Any = None,
         domain_names: Sequence[str] | None = None,
         train_domain_ids: Sequence[int] | None = None,
+        loss: UdonLoss | None = None,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(args, UdonTrainingArguments):
-            raise TypeError(f"UdonTrainer needs UdonTrainingArguments, got {type(args).__name__}")
+        if loss is None:
+            loss = UdonLoss(use_distillation=bool(model.config.use_teacher))
+        loss.check_model(model)
         domain_names = list(domain_names if domain_names is not None else model.config.domains)
         if domain_names != list(model.config.domains):
             raise ValueError(
@@ -65,6 +75,7 @@ class UdonTrainer(DistillationTrainer):
             model=model,
             args=args,
             train_dataset=train_dataset,
+            loss=loss,
             evaluator=evaluator,
             domain_names=domain_names,
             **kwargs,
@@ -127,10 +138,7 @@ class UdonTrainer(DistillationTrainer):
         if model.training:
             frozen = self.state.global_step < self._frozen_steps
             self.accelerator.unwrap_model(model).backbone_frozen = frozen
-        outputs = model(
-            pixel_values=inputs["pixel_values"], labels=inputs["labels"], domain_ids=inputs["domain_ids"]
-        )
-        losses = {"loss": outputs.loss, **outputs.losses}
+        losses = self.loss(model, inputs)
         sampler = self._train_batch_sampler
         if model.training and sampler is not None:
             signal = losses.get("loss_teacher", losses["loss_student"]).detach()
@@ -222,3 +230,30 @@ def _frozen_then(schedule: Any, steps: int) -> Any:
         return 0.0 if step < steps else schedule(step)
 
     return multiplier
+
+
+UDON_CARD = MethodCard(
+    title="UDON — Universal Dynamic Online distillatioN (Ypsilantis et al., NeurIPS 2024)",
+    summary=(
+        "Trained with UDON: one shared backbone, per-domain teacher heads trained online, and a universal "
+        "student head distilled from them (logit and relational distillation), with dynamic domain sampling."
+    ),
+    citation="""@inproceedings{ypsilantis2024udon,
+  title     = {{UDON}: Universal Dynamic Online distillatioN for generic image representations},
+  author    = {Ypsilantis, Nikolaos-Antonios and Chen, Kaifeng and Araujo, Andr{\\'e} and Chum, Ond{\\v{r}}ej},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year      = {2024}
+}""",
+)
+
+register_method(
+    MethodSpec(
+        name="udon",
+        config_class=UdonConfig,
+        model_class=UdonModel,
+        loss_class=UdonLoss,
+        training_arguments_class=UdonTrainingArguments,
+        trainer_class=UdonTrainer,
+        card=UDON_CARD,
+    )
+)

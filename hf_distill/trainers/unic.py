@@ -26,8 +26,9 @@ from torchvision.transforms import v2
 
 from hf_distill.data.decoding import to_rgb
 from hf_distill.losses.standardization import FeatureStandardizer
-from hf_distill.losses.unic import UnicDistillationLoss
-from hf_distill.models.unic import TOKEN_TYPES, UnicStudentModel
+from hf_distill.losses.unic import UnicLoss
+from hf_distill.models.unic import TOKEN_TYPES, UnicStudentConfig, UnicStudentModel
+from hf_distill.registry import MethodCard, MethodSpec, get_method, register_method
 from hf_distill.teachers.cache import (
     FeatureCacheSpec,
     build_feature_cache,
@@ -46,7 +47,6 @@ __all__ = [
     "CachedViewDataset",
     "OnlineImageDataset",
     "UnicTrainer",
-    "UnicTrainingArguments",
     "build_unic_feature_cache",
     "target_column",
     "teacher_shapes",
@@ -80,21 +80,33 @@ def teacher_targets(teachers: nn.ModuleDict, images: torch.Tensor) -> dict[str, 
 
 
 class UnicTrainer(DistillationTrainer):
-    """Trainer of a `UnicStudentModel`.
+    """Trainer of a `UnicStudentModel` with a :class:`~hf_distill.losses.UnicLoss`.
+
+    What is the trainer's own: the teacher targets (online teachers or cached columns) and their running
+    standardisation (`FeatureStandardizer`, saved in every checkpoint).
 
     Args:
         *args: passed to `DistillationTrainer` (``model`` must be a `UnicStudentModel`).
         teachers: name → `FrozenTeacher` for online targets; ``None`` when every batch carries cached targets.
+        loss: a :class:`~hf_distill.losses.UnicLoss` (default: the released code's settings).
         **kwargs: passed to `DistillationTrainer` (``evaluator``, ``train_dataset`` …).
     """
 
-    def __init__(self, *args: Any, teachers: nn.ModuleDict | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    method = "unic"
+
+    def __init__(
+        self,
+        *args: Any,
+        teachers: nn.ModuleDict | None = None,
+        loss: UnicLoss | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, loss=loss, **kwargs)
         model = self.accelerator.unwrap_model(self.model)
-        if not isinstance(model, UnicStudentModel):
+        if not isinstance(model, get_method(self.method).model_class):
             raise TypeError(f"UnicTrainer trains a UnicStudentModel, got {type(model).__name__}")
-        if not isinstance(self.args, UnicTrainingArguments):
-            raise TypeError(f"UnicTrainer needs UnicTrainingArguments, got {type(self.args).__name__}")
+        if self.loss is None:
+            self.loss = UnicLoss(list(model.config.teachers))
         self.teacher_names = list(model.config.teachers)
         if teachers is not None:
             missing = sorted(set(self.teacher_names) - set(teachers))
@@ -110,9 +122,10 @@ class UnicTrainer(DistillationTrainer):
                     )
             teachers = teachers.to(self.args.device)
         self.teachers = teachers
-        self.loss_fn = UnicDistillationLoss(
-            self.teacher_names, self.args.drop_prob, self.args.token_reduction, self.args.smooth_l1_beta
-        )
+        if list(self.loss.teacher_names) != self.teacher_names:
+            raise ValueError(
+                f"the loss weighs teachers {self.loss.teacher_names}, the student predicts {self.teacher_names}"
+            )
         self.standardizer = FeatureStandardizer(1, self.args.momentum_start, self.args.momentum_end)
         self.register_checkpoint_state("feature_standardizer", self.standardizer)
         mean = torch.tensor(model.config.image_mean).view(1, 3, 1, 1)
@@ -152,7 +165,7 @@ class UnicTrainer(DistillationTrainer):
         """UNIC loss of one batch (see the module docstring)."""
         images = inputs["images"]
         mean, std = self._student_norm
-        output = model(pixel_values=(images - mean) / std, output_predictions=True)
+        pixels = (images - mean) / std
         targets = self.targets_from_inputs(inputs)
         if self.args.standardize_targets:
             self.standardizer.total_steps = max(int(self.state.max_steps or 1), 1)
@@ -165,7 +178,7 @@ class UnicTrainer(DistillationTrainer):
                 for name, per_type in targets.items()
             }
         generator = self._dropping_generator(images.device)
-        return self.loss_fn(output.predictions, targets, generator=generator)
+        return self.loss(model, {"pixel_values": pixels, "targets": targets}, generator=generator)
 
 
 def unic_train_transform(image_size: int, scale_min: float = 0.35, color_jitter: float = 0.0) -> v2.Compose:
@@ -335,3 +348,30 @@ def teacher_shapes(teachers: dict[str, FrozenTeacher]) -> dict[str, dict[str, An
         name: {"global_dim": teacher.global_dim, "token_dim": teacher.token_dim, "grid": list(teacher.grid)}
         for name, teacher in teachers.items()
     }
+
+
+UNIC_CARD = MethodCard(
+    title="UNIC — Universal Classification models via multi-teacher distillation (Sariyildiz et al., ECCV 2024)",
+    summary=(
+        "Trained with UNIC: a student distilled from several frozen teachers through a ladder of projectors, "
+        "with feature standardisation and teacher dropping."
+    ),
+    citation="""@inproceedings{sariyildiz2024unic,
+  title     = {{UNIC}: Universal Classification Models via Multi-teacher Distillation},
+  author    = {Sariyildiz, Mert Bulent and Weinzaepfel, Philippe and Lucas, Thomas and Larlus, Diane and Kalantidis, Yannis},
+  booktitle = {European Conference on Computer Vision (ECCV)},
+  year      = {2024}
+}""",
+)
+
+register_method(
+    MethodSpec(
+        name="unic",
+        config_class=UnicStudentConfig,
+        model_class=UnicStudentModel,
+        loss_class=UnicLoss,
+        training_arguments_class=UnicTrainingArguments,
+        trainer_class=UnicTrainer,
+        card=UNIC_CARD,
+    )
+)

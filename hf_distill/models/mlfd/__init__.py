@@ -1,9 +1,8 @@
 """MLFD: multi-level feature distillation of joint teachers trained on distinct datasets (SPEC §4).
 
-Importing this package registers the configurations and models with the transformers Auto classes.
+The method (config, model, loss, training arguments, trainer) is registered once, with the transformers Auto
+classes, by ``hf_distill.registry.register_method`` in ``hf_distill/trainers/mlfd.py``.
 """
-
-from transformers import AutoConfig, AutoModel
 
 from hf_distill.models.mlfd.configuration_mlfd import JointTeacherConfig, MlfdClassifierConfig
 from hf_distill.models.mlfd.modeling_mlfd import (
@@ -11,12 +10,7 @@ from hf_distill.models.mlfd.modeling_mlfd import (
     JointTeacherOutput,
     MlfdClassifierModel,
     MlfdClassifierOutput,
-    align_spatial,
 )
-
-for _config, _model in ((MlfdClassifierConfig, MlfdClassifierModel), (JointTeacherConfig, JointTeacherModel)):
-    AutoConfig.register(_config.model_type, _config, exist_ok=True)
-    AutoModel.register(_config, _model, exist_ok=True)
 
 __all__ = [
     "JointTeacherConfig",
@@ -25,5 +19,4 @@ __all__ = [
     "MlfdClassifierConfig",
     "MlfdClassifierModel",
     "MlfdClassifierOutput",
-    "align_spatial",
 ]

@@ -6,12 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from hf_distill.layers import BackboneNormMixin
+from hf_distill.layers import BackboneNormMixin, align_spatial
 from hf_distill.models.embedder.modeling_embedder import (
     BackboneOnCPUInitMixin,
     UniversalEmbedderModel,
@@ -22,28 +21,11 @@ from hf_distill.models.mlfd.configuration_mlfd import JointTeacherConfig, MlfdCl
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
-def align_spatial(feature_map: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Resize ``(B, C, H, W)`` to ``(B, C, *size)``: adaptive average pooling when shrinking (each target cell
-    averages the cells it covers), bilinear interpolation when growing; unchanged when already that size.
-
-    Args:
-        feature_map: the map to resize.
-        size: target ``(height, width)``.
-    """
-    height, width = int(size[0]), int(size[1])
-    if feature_map.shape[-2:] == (height, width):
-        return feature_map
-    if feature_map.shape[-2] >= height and feature_map.shape[-1] >= width:
-        return F.adaptive_avg_pool2d(feature_map, (height, width))
-    return F.interpolate(feature_map, size=(height, width), mode="bilinear", align_corners=False)
-
-
 @dataclass
 class MlfdClassifierOutput(ModelOutput):
     """Output of :class:`MlfdClassifierModel`.
 
     Args:
-        loss: cross-entropy with ``labels`` when they are given.
         logits: ``(batch, num_classes)``.
         pooled_features: ``(batch, feature_dim)`` pooled backbone features (what the exported embedder returns
             before L2 normalisation).
@@ -52,7 +34,6 @@ class MlfdClassifierOutput(ModelOutput):
             already match ``config.distill_channels``; only with ``output_feature_maps=True``).
     """
 
-    loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     pooled_features: torch.FloatTensor | None = None
     feature_maps: tuple[torch.FloatTensor, ...] | None = None
@@ -139,7 +120,6 @@ class MlfdClassifierModel(BackboneNormMixin, MlfdPreTrainedModel):
     def forward(
         self,
         pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
         output_feature_maps: bool = False,
         **kwargs,
     ) -> MlfdClassifierOutput:
@@ -147,7 +127,6 @@ class MlfdClassifierModel(BackboneNormMixin, MlfdPreTrainedModel):
 
         Args:
             pixel_values: ``(B, 3, H, W)`` normalised images.
-            labels: optional ``(B,)`` class indices; the output then carries the cross-entropy.
             output_feature_maps: also return the maps at ``config.feature_levels`` (raw and adapted).
         """
         if output_feature_maps:
@@ -155,16 +134,15 @@ class MlfdClassifierModel(BackboneNormMixin, MlfdPreTrainedModel):
         else:
             pooled, maps = self.backbone(pixel_values), None
         logits = self.classifier(self.dropout(pooled))
-        loss = F.cross_entropy(logits, labels) if labels is not None else None
         distill_maps = None
         if maps is not None:
             distill_maps = tuple(adaptor(feature_map) for adaptor, feature_map in zip(self.adaptors, maps))
             maps = tuple(maps)
         return MlfdClassifierOutput(
-            loss=loss, logits=logits, pooled_features=pooled, feature_maps=maps, distill_maps=distill_maps
+            logits=logits, pooled_features=pooled, feature_maps=maps, distill_maps=distill_maps
         )
 
-    def to_embedder(self) -> UniversalEmbedderModel:
+    def export_embedder(self) -> UniversalEmbedderModel:
         """Export as a :class:`UniversalEmbedderModel` returning the L2-normalised pooled backbone feature; the
         classifier and adaptors (expendable) are dropped."""
         embedder = UniversalEmbedderModel(self.config.to_embedder_config(pretrained_file=None))
@@ -177,14 +155,12 @@ class JointTeacherOutput(ModelOutput):
     """Output of :class:`JointTeacherModel`.
 
     Args:
-        loss: cross-entropy with ``labels`` when they are given.
         logits: ``(batch, max classes)``; row ``i`` holds the logits of its dataset's head, padded with the
             dtype's most negative value (softmax gives those columns zero probability).
         fused_maps: one ``(batch, out_channels, h, w)`` fused map per fusion level, shallowest first.
         pooled: ``(batch, out_channels)`` pooled deepest fused map (before dropout).
     """
 
-    loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     fused_maps: tuple[torch.FloatTensor, ...] | None = None
     pooled: torch.FloatTensor | None = None
@@ -277,7 +253,6 @@ class JointTeacherModel(MlfdPreTrainedModel):
         self,
         teacher_maps: Sequence[torch.Tensor] | dict[str, torch.Tensor],
         domain_ids: torch.Tensor,
-        labels: torch.Tensor | None = None,
         **kwargs,
     ) -> JointTeacherOutput:
         """Fuse the teacher maps and classify each row with its dataset's head.
@@ -285,7 +260,6 @@ class JointTeacherModel(MlfdPreTrainedModel):
         Args:
             teacher_maps: one ``(B, C_t, H_t, W_t)`` map per teacher.
             domain_ids: ``(B,)`` index into ``config.datasets`` of each row.
-            labels: optional ``(B,)`` class indices local to each row's dataset.
         """
         fused = self.fuse(teacher_maps)
         pooled = fused[-1].mean(dim=(2, 3))
@@ -302,8 +276,7 @@ class JointTeacherModel(MlfdPreTrainedModel):
             rows = domain_ids == domain
             if rows.any():
                 logits[rows, : head.out_features] = head(hidden[rows])
-        loss = F.cross_entropy(logits, labels.to(logits.device).long()) if labels is not None else None
-        return JointTeacherOutput(loss=loss, logits=logits, fused_maps=tuple(fused), pooled=pooled)
+        return JointTeacherOutput(logits=logits, fused_maps=tuple(fused), pooled=pooled)
 
 
 __all__ = [
@@ -312,5 +285,4 @@ __all__ = [
     "MlfdClassifierModel",
     "MlfdClassifierOutput",
     "MlfdPreTrainedModel",
-    "align_spatial",
 ]

@@ -6,47 +6,51 @@ The baselines of the UnED paper and UDON's ablations are the same model with som
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from transformers import PreTrainedConfig
 
 from hf_distill.models.embedder.configuration_embedder import fill_preprocessing_defaults
 
-MARGIN_TYPES = ("none", "cosface", "arcface")
 
-# variant → (model switches, default sampling strategy). USCRR/UJCRR/USCDS/UJCDS: UnED paper baselines
-# (separate/joint classifier, round-robin/dataset-size sampling, no distillation).
-UDON_VARIANTS: dict[str, tuple[dict[str, bool], str]] = {
-    "udon": ({"use_teacher": True, "use_distillation": True, "joint_classifier": False}, "dynamic"),
-    "udon_no_dynamic": (
-        {"use_teacher": True, "use_distillation": True, "joint_classifier": False},
-        "round_robin",
-    ),
-    "udon_no_distillation": (
-        {"use_teacher": True, "use_distillation": False, "joint_classifier": False},
-        "dynamic",
-    ),
-    "uscrr": ({"use_teacher": False, "use_distillation": False, "joint_classifier": False}, "round_robin"),
-    "ujcrr": ({"use_teacher": False, "use_distillation": False, "joint_classifier": True}, "round_robin"),
-    "uscds": ({"use_teacher": False, "use_distillation": False, "joint_classifier": False}, "size"),
-    "ujcds": ({"use_teacher": False, "use_distillation": False, "joint_classifier": True}, "size"),
+class UdonVariant(NamedTuple):
+    """A UDON ablation or UnED baseline: model switches, loss switches and the default sampling strategy."""
+
+    model: dict[str, bool]
+    loss: dict[str, bool]
+    strategy: str
+
+
+_UDON = {"use_teacher": True, "joint_classifier": False}
+_SEPARATE = {"use_teacher": False, "joint_classifier": False}
+_JOINT = {"use_teacher": False, "joint_classifier": True}
+# USCRR/UJCRR/USCDS/UJCDS: UnED paper baselines (separate/joint classifier, round-robin/dataset-size sampling,
+# no distillation).
+UDON_VARIANTS: dict[str, UdonVariant] = {
+    "udon": UdonVariant(_UDON, {"use_distillation": True}, "dynamic"),
+    "udon_no_dynamic": UdonVariant(_UDON, {"use_distillation": True}, "round_robin"),
+    "udon_no_distillation": UdonVariant(_UDON, {"use_distillation": False}, "dynamic"),
+    "uscrr": UdonVariant(_SEPARATE, {"use_distillation": False}, "round_robin"),
+    "ujcrr": UdonVariant(_JOINT, {"use_distillation": False}, "round_robin"),
+    "uscds": UdonVariant(_SEPARATE, {"use_distillation": False}, "size"),
+    "ujcds": UdonVariant(_JOINT, {"use_distillation": False}, "size"),
 }
 
 
-def variant_settings(variant: str) -> tuple[dict[str, bool], str]:
-    """Model switches and default sampling strategy of a named UDON variant or UnED baseline.
+def variant_settings(variant: str) -> UdonVariant:
+    """Model switches, loss switches and default sampling strategy of a named UDON variant or UnED baseline.
 
     Args:
         variant: one of :data:`UDON_VARIANTS`.
     """
     if variant not in UDON_VARIANTS:
         raise ValueError(f"unknown UDON variant '{variant}'; choose one of {sorted(UDON_VARIANTS)}")
-    switches, strategy = UDON_VARIANTS[variant]
-    return dict(switches), strategy
+    model, loss, strategy = UDON_VARIANTS[variant]
+    return UdonVariant(dict(model), dict(loss), strategy)
 
 
 class UdonConfig(PreTrainedConfig):
-    """Architecture and losses of a UDON model.
+    """Architecture of a UDON model (the losses and their settings: :class:`hf_distill.losses.UdonLoss`).
 
     Args:
         backbone / backbone_source / backbone_kwargs / pretrained_file / pooling: the backbone, as in
@@ -56,19 +60,8 @@ class UdonConfig(PreTrainedConfig):
         embed_dim: width of the universal student embedding (64).
         teacher_dim: width of each domain's teacher embedding (256).
         use_teacher: build the per-domain teacher heads and classifiers (off for the UnED baselines).
-        use_distillation: add the logit (KL) and relational losses (needs ``use_teacher``).
         joint_classifier: one student classifier over the union of all classes (UJC*) instead of one per
             domain (USC*, UDON).
-        classifier_scale / classifier_margin / margin_type: cosine classifier loss, ``s = 16``, margin 0
-            (NormFace) by default; ``"cosface"`` or ``"arcface"`` margins optional.
-        temperature: τ of the logit distillation on cosine logits (0.1).
-        teacher_loss_weight / student_loss_weight / logit_loss_weight / relational_loss_weight: weights of
-            the weighted mean of the active losses (all 1).
-        distillation_reaches_backbone: False (default, the paper): the distillation losses only train the
-            student head and classifier; True (the released code): their gradient also reaches the backbone.
-        relational_scale: ``"fixed"`` (default): the relational loss does not change with the per-process batch
-            or the process count; ``"authors"`` (the released code): row sums over the per-process batch times
-            ``n_processes / 4`` (see ``hf_distill.losses.relational``).
         image_size / resize_size / image_mean / image_std / resample: evaluation preprocessing.
     """
 
@@ -84,18 +77,7 @@ class UdonConfig(PreTrainedConfig):
     embed_dim: int = 64
     teacher_dim: int = 256
     use_teacher: bool = True
-    use_distillation: bool = True
     joint_classifier: bool = False
-    classifier_scale: float = 16.0
-    classifier_margin: float = 0.0
-    margin_type: str = "none"
-    temperature: float = 0.1
-    teacher_loss_weight: float = 1.0
-    student_loss_weight: float = 1.0
-    logit_loss_weight: float = 1.0
-    relational_loss_weight: float = 1.0
-    distillation_reaches_backbone: bool = False
-    relational_scale: str = "fixed"
     image_size: int = 224
     resize_size: int | None = None
     image_mean: list[float] | tuple[float, ...] | None = None
@@ -112,14 +94,6 @@ class UdonConfig(PreTrainedConfig):
             )
         if any(n < 1 for n in self.num_classes):
             raise ValueError(f"every domain needs at least one class, got num_classes={self.num_classes}")
-        if self.use_distillation and not self.use_teacher:
-            raise ValueError(
-                "use_distillation=True needs use_teacher=True (the teacher heads are what is distilled)"
-            )
-        if self.margin_type not in MARGIN_TYPES:
-            raise ValueError(f"margin_type must be one of {MARGIN_TYPES}, got '{self.margin_type}'")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
         self.backbone_kwargs = dict(self.backbone_kwargs or {})
         fill_preprocessing_defaults(self)
         super().__post_init__(**kwargs)
@@ -131,4 +105,4 @@ class UdonConfig(PreTrainedConfig):
         return output
 
 
-__all__ = ["UDON_VARIANTS", "UdonConfig", "variant_settings"]
+__all__ = ["UDON_VARIANTS", "UdonConfig", "UdonVariant", "variant_settings"]

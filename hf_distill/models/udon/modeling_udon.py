@@ -1,12 +1,10 @@
 """UDON: one backbone, online per-domain teachers and a universal student (Ypsilantis et al., NeurIPS 2024).
 
-For a single-domain batch of domain ``d`` (SPEC §1):
+The model is the architecture only (SPEC §1); the losses live in :class:`hf_distill.losses.UdonLoss`. For a
+single-domain batch of domain ``d``:
 
 - ``f = normalize(backbone(x))``; teacher ``t = normalize(W_t^d f)`` (256-d); student ``s = normalize(W_s f)``
-  (64-d); cosine logits ``c_t = C_t^d(t)`` and ``c_s = C_s^d(s)``.
-- ``L_t = CE(16·c_t, y)``, ``L_s = CE(16·c_s, y)``, ``L_log = KL(softmax(c_t/τ) ‖ softmax(c_s/τ))``,
-  ``L_rel = MSE(s·sᵀ, t·tᵀ)``; teacher side detached in the distillation losses.
-- the total is the weighted mean of the active losses.
+  (64-d); cosine logits ``c_t = C_t^d(t)`` and ``c_s = C_s^d(s)`` (or the joint classifier's slice of ``d``).
 
 Only the backbone and the student head are exported (:meth:`UdonModel.export_embedder`).
 """
@@ -20,10 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from hf_distill.layers import BackboneNormMixin
-from hf_distill.losses.classification import CosineClassificationLoss, CosineClassifier
-from hf_distill.losses.logit import LogitDistillationLoss
-from hf_distill.losses.relational import RelationalDistillationLoss
+from hf_distill.layers import BackboneNormMixin, CosineClassifier
 from hf_distill.models.embedder.configuration_embedder import UniversalEmbedderConfig, preprocessing_of
 from hf_distill.models.embedder.modeling_embedder import (
     UniversalEmbedderModel,
@@ -38,19 +33,26 @@ class UdonOutput(ModelOutput):
     """Output of :class:`UdonModel`.
 
     Args:
-        loss: weighted mean of the active losses (when ``labels`` are given).
         embeddings: ``(batch, embed_dim)`` L2-normalised universal (student) embeddings.
-        teacher_embeddings: ``(batch, teacher_dim)`` L2-normalised embeddings of the batch domain's teacher.
         backbone_features: ``(batch, feature_dim)`` pooled backbone features (before normalisation).
-        losses: the named loss components and accuracies (``loss_teacher``, ``loss_student``, ``loss_logit``,
-            ``loss_relational``, ``accuracy_teacher``, ``accuracy_student``).
+        teacher_embeddings: ``(batch, teacher_dim)`` L2-normalised embeddings of the batch domain's teacher.
+        teacher_logits: ``(batch, classes of the domain)`` teacher cosine logits.
+        student_logits: ``(batch, classes of the domain)`` student cosine logits.
+        joint_logits: ``(batch, all classes)`` cosine logits of the joint student classifier (UJC* variants).
+        label_offset: index of the domain's first class in ``joint_logits``.
+        detached_embeddings / detached_logits: the student embedding and logits computed from the backbone
+            feature detached from the graph (for distillation losses that must not reach the backbone).
     """
 
-    loss: torch.FloatTensor | None = None
     embeddings: torch.FloatTensor | None = None
-    teacher_embeddings: torch.FloatTensor | None = None
     backbone_features: torch.FloatTensor | None = None
-    losses: dict[str, torch.Tensor] | None = None
+    teacher_embeddings: torch.FloatTensor | None = None
+    teacher_logits: torch.FloatTensor | None = None
+    student_logits: torch.FloatTensor | None = None
+    joint_logits: torch.FloatTensor | None = None
+    label_offset: int | None = None
+    detached_embeddings: torch.FloatTensor | None = None
+    detached_logits: torch.FloatTensor | None = None
 
 
 def backbone_config(config: UdonConfig, embed_dim: int | None) -> UniversalEmbedderConfig:
@@ -140,27 +142,25 @@ class UdonModel(BackboneNormMixin, UdonPreTrainedModel):
         for n in config.num_classes[:-1]:
             offsets.append(offsets[-1] + n)
         self.class_offsets = offsets
-        self.classification_loss = CosineClassificationLoss(
-            config.classifier_scale, config.classifier_margin, config.margin_type
-        )
-        self.logit_loss = LogitDistillationLoss(config.temperature)
-        self.relational_loss = RelationalDistillationLoss(scale=config.relational_scale)
         self.post_init()
 
     def forward(
         self,
         pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
         domain_ids: torch.Tensor | None = None,
+        output_heads: bool | None = None,
+        detach_student_input: bool = False,
         return_dict: bool | None = None,
         **kwargs,
     ) -> UdonOutput:
-        """Embed a batch and, when ``labels`` are given, compute the UDON losses.
+        """Embed a batch and, for a single-domain batch, run that domain's heads and classifiers.
 
         Args:
             pixel_values: ``(batch, 3, H, W)`` images.
-            labels: ``(batch,)`` class indices local to the batch's domain.
             domain_ids: ``(batch,)`` domain index of every image; all equal (batches are single-domain).
+            output_heads: compute the teacher/student logits (default: when ``domain_ids`` is given).
+            detach_student_input: also return the student embedding and logits computed from the detached
+                backbone feature (``detached_*``), for distillation that must not reach the backbone.
             return_dict: ignored; a :class:`UdonOutput` is always returned.
         """
         # While the trainer holds the backbone frozen its forward runs without autograd, which saves the
@@ -172,30 +172,33 @@ class UdonModel(BackboneNormMixin, UdonPreTrainedModel):
             features = self.backbone(pixel_values)
         normalized = F.normalize(features, dim=-1)
         student = F.normalize(self.student_head(normalized), dim=-1)
-        if labels is None:
+        if output_heads is None:
+            output_heads = domain_ids is not None
+        if not output_heads:
             return UdonOutput(embeddings=student, backbone_features=features)
-        domain = self._single_domain(domain_ids, labels)
-        losses, teacher = self._losses(normalized, student, labels.long(), domain)
-        weights = {
-            "loss_teacher": self.config.teacher_loss_weight,
-            "loss_student": self.config.student_loss_weight,
-            "loss_logit": self.config.logit_loss_weight,
-            "loss_relational": self.config.relational_loss_weight,
-        }
-        active = {name: weight for name, weight in weights.items() if name in losses}
-        total = sum(weight * losses[name] for name, weight in active.items()) / sum(active.values())
-        return UdonOutput(
-            loss=total,
+        domain = self._single_domain(domain_ids)
+        output = UdonOutput(
             embeddings=student,
-            teacher_embeddings=teacher,
             backbone_features=features,
-            losses=losses,
+            student_logits=self.student_logits(student, domain),
+            label_offset=self.class_offsets[domain],
         )
+        if self.config.joint_classifier:
+            output.joint_logits = self.student_classifiers[0](student)
+        if self.config.use_teacher:
+            teacher = F.normalize(self.teacher_heads[domain](normalized), dim=-1)
+            output.teacher_embeddings = teacher
+            output.teacher_logits = self.teacher_classifiers[domain](teacher)
+        if detach_student_input:
+            detached = F.normalize(self.student_head(normalized.detach()), dim=-1)
+            output.detached_embeddings = detached
+            output.detached_logits = self.student_logits(detached, domain)
+        return output
 
-    def _single_domain(self, domain_ids: torch.Tensor | None, labels: torch.Tensor) -> int:
+    def _single_domain(self, domain_ids: torch.Tensor | None) -> int:
         if domain_ids is None:
             if len(self.config.domains) > 1:
-                raise ValueError("UdonModel needs domain_ids with labels when it has more than one domain")
+                raise ValueError("UdonModel needs domain_ids when it has more than one domain")
             return 0
         domain = int(domain_ids[0])
         if not bool((domain_ids == domain).all()):
@@ -207,49 +210,17 @@ class UdonModel(BackboneNormMixin, UdonPreTrainedModel):
             raise ValueError(f"domain id {domain} is outside [0, {len(self.config.domains)})")
         return domain
 
-    def _student_logits(self, student: torch.Tensor, domain: int) -> torch.Tensor:
-        """Student cosine logits restricted to ``domain``'s classes."""
+    def student_logits(self, student: torch.Tensor, domain: int) -> torch.Tensor:
+        """Student cosine logits restricted to ``domain``'s classes.
+
+        Args:
+            student: ``(batch, embed_dim)`` student embeddings.
+            domain: the domain index.
+        """
         if not self.config.joint_classifier:
             return self.student_classifiers[domain](student)
         start = self.class_offsets[domain]
         return self.student_classifiers[0](student)[:, start : start + self.config.num_classes[domain]]
-
-    def _losses(
-        self, normalized: torch.Tensor, student: torch.Tensor, labels: torch.Tensor, domain: int
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        losses: dict[str, torch.Tensor] = {}
-        name = self.config.domains[domain]
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.config.num_classes[domain]):
-            raise ValueError(
-                f"labels of domain '{name}' must lie in [0, {self.config.num_classes[domain]}), got "
-                f"[{int(labels.min())}, {int(labels.max())}]"
-            )
-        if self.config.joint_classifier:
-            # The joint classifier scores all classes of all domains; the target is the domain's offset class.
-            joint = self.student_classifiers[0](student)
-            student_out = self.classification_loss(joint, labels + self.class_offsets[domain])
-        else:
-            student_out = self.classification_loss(self._student_logits(student, domain), labels)
-        losses["loss_student"] = student_out["loss"]
-        losses["accuracy_student"] = student_out["accuracy"]
-        if not self.config.use_teacher:
-            return losses, None
-        teacher = F.normalize(self.teacher_heads[domain](normalized), dim=-1)
-        teacher_cosine = self.teacher_classifiers[domain](teacher)
-        teacher_out = self.classification_loss(teacher_cosine, labels)
-        losses["loss_teacher"] = teacher_out["loss"]
-        losses["accuracy_teacher"] = teacher_out["accuracy"]
-        if self.config.use_distillation:
-            if self.config.distillation_reaches_backbone:
-                distilled = student
-            else:
-                # Paper reading: the distillation losses see the backbone feature as a constant, so they only
-                # train the student head and classifier.
-                distilled = F.normalize(self.student_head(normalized.detach()), dim=-1)
-            student_cosine = self._student_logits(distilled, domain)
-            losses["loss_logit"] = self.logit_loss(student_cosine, teacher_cosine)["loss"]
-            losses["loss_relational"] = self.relational_loss(distilled, teacher)["loss"]
-        return losses, teacher
 
     def _export(self, head: nn.Linear, embed_dim: int) -> UniversalEmbedderModel:
         config = backbone_config(self.config, embed_dim)

@@ -1,28 +1,15 @@
 """UNIC: a ViT student distilled from several frozen teachers through ladders of projectors (SPEC §3).
 
-Importing this package registers the configuration and model with the transformers Auto classes.
+The method (config, model, loss, training arguments, trainer) is registered once, with the transformers Auto
+classes, by ``hf_distill.registry.register_method`` in ``hf_distill/trainers/unic.py``.
 """
 
-from transformers import AutoConfig, AutoModel
-
 from hf_distill.models.unic.configuration_unic import TOKEN_TYPES, UnicStudentConfig
-from hf_distill.models.unic.modeling_unic import (
-    Projector,
-    ProjectorLadder,
-    UnicStudentModel,
-    UnicStudentOutput,
-    resize_token_grid,
-)
-
-AutoConfig.register(UnicStudentConfig.model_type, UnicStudentConfig, exist_ok=True)
-AutoModel.register(UnicStudentConfig, UnicStudentModel, exist_ok=True)
+from hf_distill.models.unic.modeling_unic import UnicStudentModel, UnicStudentOutput
 
 __all__ = [
     "TOKEN_TYPES",
-    "Projector",
-    "ProjectorLadder",
     "UnicStudentConfig",
     "UnicStudentModel",
     "UnicStudentOutput",
-    "resize_token_grid",
 ]

@@ -22,7 +22,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from hf_distill.layers import BackboneNormMixin
+from hf_distill.layers import BackboneNormMixin, ProjectorLadder, resize_token_grid
 from hf_distill.models.embedder import UniversalEmbedderConfig, UniversalEmbedderModel, create_backbone
 from hf_distill.models.embedder.configuration_embedder import preprocessing_of
 from hf_distill.models.embedder.modeling_embedder import BackboneOnCPUInitMixin
@@ -42,73 +42,6 @@ class UnicStudentOutput(ModelOutput):
 
     predictions: dict[str, dict[str, torch.Tensor]] | None = None
     embeddings: torch.FloatTensor | None = None
-
-
-class Projector(nn.Sequential):
-    """Linear → GELU → Linear, one rung of a ladder.
-
-    Args:
-        in_dim: student width.
-        hidden_dim: hidden width.
-        out_dim: teacher feature width.
-    """
-
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
-        super().__init__(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
-
-
-class ProjectorLadder(nn.Module):
-    """One projector per selected block; the prediction is the sum of their outputs.
-
-    Args:
-        blocks: selected block indices (non-negative, increasing).
-        depth: number of student blocks (the last one gets the wide projector).
-        in_dim: student width ``d``.
-        out_dim: teacher feature width.
-        hidden_ratio: hidden width of intermediate projectors, in multiples of ``d``.
-        last_hidden_ratio: hidden width of the last block's projector, in multiples of ``d``.
-    """
-
-    def __init__(
-        self,
-        blocks: list[int],
-        depth: int,
-        in_dim: int,
-        out_dim: int,
-        hidden_ratio: float,
-        last_hidden_ratio: float,
-    ) -> None:
-        super().__init__()
-        self.blocks = list(blocks)
-        self.projectors = nn.ModuleList(
-            Projector(
-                in_dim, int(in_dim * (last_hidden_ratio if block == depth - 1 else hidden_ratio)), out_dim
-            )
-            for block in self.blocks
-        )
-
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """Sum the projections of ``features`` (one tensor per selected block, same order as ``blocks``)."""
-        output = self.projectors[0](features[0])
-        for projector, feature in zip(self.projectors[1:], features[1:]):
-            output = output + projector(feature)
-        return output
-
-
-def resize_token_grid(tokens: torch.Tensor, grid: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:
-    """Bilinearly resize row-major tokens ``(batch, h * w, dim)`` from ``grid`` to ``target``.
-
-    Args:
-        tokens: the tokens.
-        grid: their ``(h, w)``.
-        target: the wanted ``(h, w)``.
-    """
-    if tuple(grid) == tuple(target):
-        return tokens
-    batch, _, dim = tokens.shape
-    spatial = tokens.transpose(1, 2).reshape(batch, dim, grid[0], grid[1])
-    spatial = F.interpolate(spatial, size=tuple(target), mode="bilinear", align_corners=False)
-    return spatial.flatten(2).transpose(1, 2)
 
 
 class UnicStudentPreTrainedModel(BackboneOnCPUInitMixin, PreTrainedModel):
@@ -251,4 +184,4 @@ class UnicStudentModel(BackboneNormMixin, UnicStudentPreTrainedModel):
         return embedder.to(next(self.backbone.parameters()).device).eval()
 
 
-__all__ = ["Projector", "ProjectorLadder", "UnicStudentModel", "UnicStudentOutput", "resize_token_grid"]
+__all__ = ["UnicStudentModel", "UnicStudentOutput"]

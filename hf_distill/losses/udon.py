@@ -1,0 +1,135 @@
+"""UDON's loss (Ypsilantis et al., "UDON: Universal Dynamic Online distillatioN for generic image
+representations", NeurIPS 2024; SPEC §1), and the UnED baselines' (no teacher, no distillation).
+
+For a single-domain batch of domain ``d`` with teacher cosine logits ``c_t`` and student cosine logits ``c_s``:
+
+- ``L_t = CE(s·c_t, y)`` and ``L_s = CE(s·c_s, y)`` (cosine classifiers, scale ``s = 16``, NormFace by default);
+- ``L_log = KL(softmax(c_t/τ) ‖ softmax(c_s/τ))`` with τ = 0.1, teacher detached (Eq. 4 of the paper);
+- ``L_rel = MSE(S_s, S_t)`` of the batch similarity matrices, teacher detached (Eq. 5);
+- the total is the weighted mean of the active losses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from accelerate.utils import extract_model_from_parallel
+from torch import nn
+
+from hf_distill.losses.classification import MARGIN_TYPES, CosineClassificationLoss
+from hf_distill.losses.logit import LogitDistillationLoss
+from hf_distill.losses.relational import RELATIONAL_SCALES, RelationalDistillationLoss
+
+
+class UdonLoss(nn.Module):
+    """Classification and distillation losses of a :class:`~hf_distill.models.udon.UdonModel` batch.
+
+    Args:
+        classifier_scale / classifier_margin / margin_type: cosine-classifier loss (``s = 16``, margin 0 —
+            NormFace; ``"cosface"`` and ``"arcface"`` margins optional).
+        temperature: τ of the logit distillation on cosine logits (0.1).
+        teacher_weight / student_weight / logit_weight / relational_weight: weights of the weighted mean.
+        use_distillation: add the logit and relational losses (needs a model with teacher heads).
+        distillation_reaches_backbone: ``False`` (default, the paper): the distillation losses see the backbone
+            feature as a constant and only train the student head and classifier; ``True`` (the released
+            code): their gradient also reaches the backbone.
+        relational_scale / relational_reference_rows: see
+            :func:`~hf_distill.losses.relational.relational_distillation_loss` (``"fixed"`` by default;
+            ``"authors"`` for the released code's scale).
+
+    Calling it as ``loss(model, inputs)`` with ``pixel_values``, ``labels`` and ``domain_ids`` returns ``"loss"``
+    and the named components ``loss_teacher``, ``loss_student``, ``loss_logit``, ``loss_relational``,
+    ``accuracy_teacher`` and ``accuracy_student`` (those that apply to the model).
+    """
+
+    def __init__(
+        self,
+        classifier_scale: float = 16.0,
+        classifier_margin: float = 0.0,
+        margin_type: str = "none",
+        temperature: float = 0.1,
+        teacher_weight: float = 1.0,
+        student_weight: float = 1.0,
+        logit_weight: float = 1.0,
+        relational_weight: float = 1.0,
+        use_distillation: bool = True,
+        distillation_reaches_backbone: bool = False,
+        relational_scale: str = "fixed",
+        relational_reference_rows: int = 32,
+    ) -> None:
+        super().__init__()
+        if margin_type not in MARGIN_TYPES:
+            raise ValueError(f"margin_type must be one of {MARGIN_TYPES}, got {margin_type!r}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        if relational_scale not in RELATIONAL_SCALES:
+            raise ValueError(f"relational_scale must be one of {RELATIONAL_SCALES}, got {relational_scale!r}")
+        self.classification = CosineClassificationLoss(classifier_scale, classifier_margin, margin_type)
+        self.logit = LogitDistillationLoss(temperature)
+        self.relational = RelationalDistillationLoss(
+            scale=relational_scale, reference_rows=relational_reference_rows
+        )
+        self.weights = {
+            "loss_teacher": teacher_weight,
+            "loss_student": student_weight,
+            "loss_logit": logit_weight,
+            "loss_relational": relational_weight,
+        }
+        self.use_distillation = use_distillation
+        self.distillation_reaches_backbone = distillation_reaches_backbone
+
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse a model this loss cannot train (distillation without teacher heads)."""
+        config = extract_model_from_parallel(model).config
+        if self.use_distillation and not config.use_teacher:
+            raise ValueError(
+                "UdonLoss(use_distillation=True) needs a UdonModel with teacher heads (use_teacher=True); "
+                "the UnED baselines train with use_distillation=False"
+            )
+
+    def forward(self, model: nn.Module, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Args:
+        model: the (possibly wrapped) ``UdonModel``.
+        inputs: ``pixel_values``, ``labels`` (local to the batch's domain) and ``domain_ids``.
+        """
+        labels = inputs["labels"].long()
+        config = extract_model_from_parallel(model).config
+        use_teacher = bool(config.use_teacher)
+        distil = self.use_distillation and use_teacher
+        output = model(
+            pixel_values=inputs["pixel_values"],
+            domain_ids=inputs["domain_ids"],
+            output_heads=True,
+            detach_student_input=distil and not self.distillation_reaches_backbone,
+        )
+        domain = int(inputs["domain_ids"][0])
+        num_classes = output.student_logits.shape[1]
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            raise ValueError(
+                f"labels of domain '{config.domains[domain]}' must lie in [0, {num_classes}), got "
+                f"[{int(labels.min())}, {int(labels.max())}]"
+            )
+        losses: dict[str, torch.Tensor] = {}
+        if output.joint_logits is not None:
+            # The joint classifier scores all classes of all domains; the target is the domain's offset class.
+            student = self.classification(output.joint_logits, labels + output.label_offset)
+        else:
+            student = self.classification(output.student_logits, labels)
+        losses["loss_student"], losses["accuracy_student"] = student["loss"], student["accuracy"]
+        if use_teacher:
+            teacher = self.classification(output.teacher_logits, labels)
+            losses["loss_teacher"], losses["accuracy_teacher"] = teacher["loss"], teacher["accuracy"]
+        if distil:
+            if self.distillation_reaches_backbone:
+                embeddings, logits = output.embeddings, output.student_logits
+            else:
+                embeddings, logits = output.detached_embeddings, output.detached_logits
+            losses["loss_logit"] = self.logit(logits, output.teacher_logits)["loss"]
+            losses["loss_relational"] = self.relational(embeddings, output.teacher_embeddings)["loss"]
+        active = {name: weight for name, weight in self.weights.items() if name in losses}
+        total = sum(weight * losses[name] for name, weight in active.items()) / sum(active.values())
+        return {"loss": total, **losses}
+
+
+__all__ = ["UdonLoss"]
