@@ -424,3 +424,11 @@ def test_manydomain_real_sources_build_64px_deterministically(tmp_path):
     assert raw_images(load_benchmark(other).domains["emoji"]["train"]) != raw_images(
         loaded.domains["emoji"]["train"]
     )
+
+
+def test_glyph_domains_have_no_blank_images(tmp_path):
+    # Four of the Hangul typefaces map every syllable but draw only 2,350 of them: those views must be dropped.
+    loaded = load_benchmark(build_offline_benchmark(tmp_path / "b", scale=0.01, domains=["hangul"]))
+    for split, dataset in loaded.domains["hangul"].items():
+        for data in raw_images(dataset):
+            assert np.asarray(Image.open(io.BytesIO(data))).min() < 128, split

@@ -7,8 +7,8 @@
 - ``load_latin_typefaces``: class = one typeface (a font file covering basic Latin), views = different
   pseudo-words set in it: retrieval must recognise the design, not the letters.
 
-Coverage is read from each font's character map (fontTools), so a class only uses typefaces that really
-draw it (no fallback boxes).
+Coverage is read from each font's character map (fontTools) and checked for ink (FreeType), so a class
+only uses typefaces that really draw it (no fallback boxes, no blank images).
 """
 
 from __future__ import annotations
@@ -108,6 +108,22 @@ def _codepoints(path: Path, index: int) -> set[int]:
         return set((font.getBestCmap() or {}).keys())
 
 
+def _inked(path: Path, index: int, low: int, high: int) -> set[int]:
+    """Code points in ``[low, high]`` that the face maps to a glyph with ink.
+
+    Some fonts map a whole block but draw only part of it (NanumSquare and Baekmuk Dotum map all 11,172
+    Hangul syllables and leave most of them empty); an empty glyph would be a blank image of that class.
+    """
+    font = ImageFont.truetype(str(path), size=32, index=index, layout_engine=ImageFont.Layout.BASIC)
+    inked = set()
+    for code in _codepoints(path, index):
+        if low <= code <= high:
+            _, top, _, bottom = font.getbbox(chr(code))
+            if bottom > top:
+                inked.add(code)
+    return inked
+
+
 class _FontCache:
     """``ImageFont`` objects per thread (a FreeType face must not be used by two threads at once)."""
 
@@ -164,7 +180,7 @@ def _glyph_source(
             f"{[str(r) for r in roots]} (install them with `apt-get install -y {packages}`)"
         )
     low, high = code_range
-    coverage = [{c for c in _codepoints(path, face.index) if low <= c <= high} for face, path in available]
+    coverage = [_inked(path, face.index, low, high) for face, path in available]
     codes = sorted(set().union(*coverage))
     views = [tuple(v for v, covered in enumerate(coverage) if code in covered) for code in codes]
     cache = _FontCache([(path, face.index) for face, path in available])
