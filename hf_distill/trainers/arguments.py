@@ -24,6 +24,8 @@ class DistillationTrainingArguments(TrainingArguments):
             ViTs have no running statistics: the setting changes nothing for them.
         evaluate_starting_point: evaluate the untrained model with the trainer's evaluator before the first step,
             log it at step 0 and warn at the end of training if the best evaluation is below it.
+        divergence_window: the divergence guard warns (step and domain, also in ``run_summary.json``) when over
+            this many steps the loss did not decrease while gradient norms collapsed or exploded; 0 turns it off.
     """
 
     backbone_norm: str = field(
@@ -33,9 +35,19 @@ class DistillationTrainingArguments(TrainingArguments):
     evaluate_starting_point: bool = field(
         default=True, metadata={"help": "evaluate the untrained model at step 0 and compare at the end"}
     )
+    divergence_window: int = field(
+        default=100,
+        metadata={
+            "help": "steps per window of the divergence guard (hf_distill.trainers.divergence); 0: off"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.divergence_window < 0:
+            raise ValueError(
+                f"divergence_window must be >= 0 steps (0 turns the guard off), got {self.divergence_window}"
+            )
         if self.backbone_norm not in BACKBONE_NORM_MODES:
             raise ValueError(
                 f"backbone_norm must be one of {BACKBONE_NORM_MODES}, got {self.backbone_norm!r}"

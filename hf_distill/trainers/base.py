@@ -29,6 +29,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from hf_distill.registry import get_method
 from hf_distill.teachers.cache import transform_view
 from hf_distill.trainers.callbacks import StartingPointCallback
+from hf_distill.trainers.divergence import DivergenceGuard
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +205,8 @@ class DistillationTrainer(Trainer):
         self._loaded_extra_state: dict[str, Any] | None = None
         self._seeded_training_set: SeededAugmentationDataset | None = None
         self.add_callback(_AugmentationEpoch(self))
+        self.divergence_guard = DivergenceGuard(window=getattr(self.args, "divergence_window", 100))
+        self.add_callback(self.divergence_guard)
         # Training-time settings that live on the model (see hf_distill.layers.BackboneNormMixin).
         norm = getattr(self.args, "backbone_norm", None)
         unwrapped = self.accelerator.unwrap_model(self.model)
@@ -537,6 +540,7 @@ class DistillationTrainer(Trainer):
             "best_model_checkpoint": self.state.best_model_checkpoint,
             "eval_metrics": self._last_eval_metrics,
             "timings_s": {k: round(v, 3) for k, v in self._timings.items()},
+            "divergence_warnings": self.divergence_guard.warnings,
             **self._run_summary,
         }
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
