@@ -9,12 +9,12 @@ from huggingface_hub import ModelCard
 from transformers import Trainer, TrainingArguments
 
 from hf_distill.hub import (
-    METHODS,
     EmbedderCardData,
     build_model_card,
     command_line,
     extract_usage_snippet,
     hyperparameters_from_training_args,
+    method_card,
     non_default_arguments,
     parse_retrieval_metrics,
 )
@@ -120,7 +120,7 @@ def test_each_method_cites_its_paper(model, method, venue, year):
         and venue in citation
         and f"year      = {{{year}}}" in citation
     )
-    assert METHODS[method].title.split(" ")[0] in text
+    assert method_card(method).title.split(" ")[0] in text
 
 
 def test_baseline_card_without_metrics_or_training(model):

@@ -16,24 +16,26 @@ Every method exports the same way::
 
 from hf_distill.hub.card_data import EmbedderCardData
 from hf_distill.hub.model_card import (
-    METHODS,
+    BASELINE_CARD,
     build_model_card,
     command_line,
     extract_usage_snippet,
     hyperparameters_from_training_args,
+    method_card,
     non_default_arguments,
     parse_retrieval_metrics,
 )
 from hf_distill.hub.push import HubPushError, push_embedder, save_embedder
 
 __all__ = [
-    "METHODS",
+    "BASELINE_CARD",
     "EmbedderCardData",
     "HubPushError",
     "build_model_card",
     "command_line",
     "extract_usage_snippet",
     "hyperparameters_from_training_args",
+    "method_card",
     "non_default_arguments",
     "parse_retrieval_metrics",
     "push_embedder",

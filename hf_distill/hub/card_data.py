@@ -21,7 +21,6 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from hf_distill.hub.model_card import (
-    METHODS,
     PER_DOMAIN_PNG,
     TEMPLATE_PATH,
     TRAINING_CURVES_PNG,
@@ -31,6 +30,7 @@ from hf_distill.hub.model_card import (
     _plain,
     _plot_per_domain,
     _plot_training_curves,
+    method_card,
     non_default_arguments,
     parse_retrieval_metrics,
     usage_snippet,
@@ -115,8 +115,7 @@ class EmbedderCardData:
     no_training_note: str = "the backbone's pretrained weights are used as they are."
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r} is unknown; use one of {sorted(METHODS)}")
+        method_card(self.method)  # an unknown method fails here
 
     # ------------------------------------------------------------------------------ filled during training
 
@@ -218,7 +217,7 @@ class EmbedderCardData:
         Returns:
             a ``huggingface_hub.ModelCard``; ``card.save(path)`` writes it.
         """
-        info = METHODS[self.method]
+        info = method_card(self.method)
         config = getattr(model, "config", model)
         feature_dim = getattr(model, "feature_dim", None)
         repo_id, model_name = self.repo_id, self.model_name

@@ -17,12 +17,14 @@ import re
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, fields, is_dataclass
+from dataclasses import MISSING, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard
+
+from hf_distill.registry import MethodCard, get_method, registered_methods
 
 logger = logging.getLogger(__name__)
 
@@ -64,64 +66,27 @@ BOOKKEEPING_ARGUMENTS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class MethodInfo:
-    """How a card names, describes and cites a training method."""
+# A pretrained backbone used as it is: not a registered training method, but it gets a card too.
+BASELINE_CARD = MethodCard(
+    title="Off-the-shelf baseline (no training)",
+    summary="An off-the-shelf pretrained backbone used as is, as a reference point for the distilled models.",
+    citation=None,
+)
 
-    title: str
-    summary: str
-    citation: str | None
 
+def method_card(method: str) -> MethodCard:
+    """The card information of a registered method (``hf_distill.registry``), or of ``"baseline"``.
 
-METHODS: dict[str, MethodInfo] = {
-    "udon": MethodInfo(
-        title="UDON — Universal Dynamic Online distillatioN (Ypsilantis et al., NeurIPS 2024)",
-        summary=(
-            "Trained with UDON: one shared backbone, per-domain teacher heads trained online, and a universal "
-            "student head distilled from them (logit and relational distillation), with dynamic domain sampling."
-        ),
-        citation="""@inproceedings{ypsilantis2024udon,
-  title     = {{UDON}: Universal Dynamic Online distillatioN for generic image representations},
-  author    = {Ypsilantis, Nikolaos-Antonios and Chen, Kaifeng and Araujo, Andr{\\'e} and Chum, Ond{\\v{r}}ej},
-  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
-  year      = {2024}
-}""",
-    ),
-    "unic": MethodInfo(
-        title="UNIC — Universal Classification models via multi-teacher distillation (Sariyildiz et al., ECCV 2024)",
-        summary=(
-            "Trained with UNIC: a student distilled from several frozen teachers through a ladder of projectors, "
-            "with feature standardisation and teacher dropping."
-        ),
-        citation="""@inproceedings{sariyildiz2024unic,
-  title     = {{UNIC}: Universal Classification Models via Multi-teacher Distillation},
-  author    = {Sariyildiz, Mert Bulent and Weinzaepfel, Philippe and Lucas, Thomas and Larlus, Diane and Kalantidis, Yannis},
-  booktitle = {European Conference on Computer Vision (ECCV)},
-  year      = {2024}
-}""",
-    ),
-    "mlfd": MethodInfo(
-        title=(
-            "MLFD — Multi-Level Feature Distillation of joint teachers trained on distinct image datasets "
-            "(Iordache et al., WACV 2025)"
-        ),
-        summary=(
-            "Trained with MLFD: dataset-specific teachers are fused into a joint teacher on cached features, "
-            "whose multi-level fused maps and logits are distilled into the student."
-        ),
-        citation="""@inproceedings{iordache2025mlfd,
-  title     = {Multi-Level Feature Distillation of Joint Teachers Trained on Distinct Image Datasets},
-  author    = {Iordache, Adrian and Alexe, Bogdan and Ionescu, Radu Tudor},
-  booktitle = {IEEE/CVF Winter Conference on Applications of Computer Vision (WACV)},
-  year      = {2025}
-}""",
-    ),
-    "baseline": MethodInfo(
-        title="Off-the-shelf baseline (no training)",
-        summary="An off-the-shelf pretrained backbone used as is, as a reference point for the distilled models.",
-        citation=None,
-    ),
-}
+    Args:
+        method: a registered method name or ``"baseline"``.
+    """
+    if method == "baseline":
+        return BASELINE_CARD
+    if method not in registered_methods():
+        raise ValueError(
+            f"method={method!r} is unknown; use one of {sorted([*registered_methods(), 'baseline'])}"
+        )
+    return get_method(method).card
 
 
 def parse_retrieval_metrics(metrics: Mapping[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
@@ -391,7 +356,8 @@ def extract_usage_snippet(card: ModelCard | str) -> str:
 
 
 __all__ = [
-    "METHODS",
+    "BASELINE_CARD",
+    "method_card",
     "build_model_card",
     "command_line",
     "extract_usage_snippet",
