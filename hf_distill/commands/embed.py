@@ -90,7 +90,12 @@ def find_images(folder: Path) -> list[Path]:
     """Image files under ``folder`` (recursive, by extension, sorted)."""
     if not folder.is_dir():
         raise FileNotFoundError(f"--images {folder} is not a folder")
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    # A symlink that loops or dangles is not a file: keep it so decoding reports it (error or counted skip).
+    paths = sorted(
+        p
+        for p in folder.rglob("*")
+        if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
     if not paths:
         raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under {folder}")
     return paths

@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
 OnBadImage = Literal["raise", "skip"]
+
+# EXIF tag holding the camera's orientation (1 = upright).
+ORIENTATION_TAG = 0x0112
 
 # How many offending paths a DecodeReport keeps; the count itself is always exact.
 MAX_REPORTED_PATHS = 50
@@ -91,13 +94,17 @@ def _scale_to_uint8(array: np.ndarray) -> np.ndarray:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Return an 8-bit RGB version of ``image``.
 
-    Greyscale is replicated over the channels, palette images are expanded (with their transparency),
+    The EXIF orientation is applied first (a rotated phone photo comes out upright). Greyscale is replicated
+    over the channels, palette images are expanded (with their transparency),
     transparent images are composited on white, 16-bit and 32-bit integer images are scaled from their
     full range (PIL's own conversion would clip them at 255) and CMYK is converted by PIL.
 
     Args:
         image: any ``PIL.Image``.
     """
+    if image.getexif().get(ORIENTATION_TAG, 1) != 1:
+        # Phone cameras store the sensor's pixels plus a rotation tag; apply it, or photos come out sideways.
+        image = ImageOps.exif_transpose(image)
     if image.mode == "RGB":
         return image
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):

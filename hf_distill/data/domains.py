@@ -151,14 +151,100 @@ def _checked(
     return [p for p, k in zip(paths, keep) if k], [label for label, k in zip(labels, keep) if k]
 
 
-def _num_train_classes(domain: DatasetDict, declared: int | None) -> int:
+def single_labels(labels: list, domain: str, split: str, source: str | os.PathLike) -> list:
+    """The labels of a training split as one int per image; a list of several class ids is an error.
+
+    Training takes one class per image (the classifiers' cross-entropy); multi-label lists are for evaluation
+    splits, where an image is relevant to each of its classes. A one-element list is read as its element.
+
+    Args:
+        labels: one int or list of ints per image.
+        domain / split / source: where the labels come from, for the message.
+    """
+    result = []
+    for position, label in enumerate(labels):
+        if isinstance(label, (list, tuple)):
+            if len(label) != 1:
+                raise ValueError(
+                    f"domain {domain!r}, split {split!r}: entry {position} of {source} has the class ids "
+                    f"{list(label)}, but a training split needs one class per image (multi-label class_id lists "
+                    "are supported in evaluation splits only); keep one class id per training entry, or repeat "
+                    "the entry once per class"
+                )
+            label = label[0]
+        result.append(label)
+    return result
+
+
+# A training split whose largest class id exceeds this many times its number of distinct classes (plus a margin)
+# is taken for unmapped ids: the classifier would get one row per id up to the largest one.
+SPARSE_CLASS_ID_FACTOR = 2
+SPARSE_CLASS_ID_MARGIN = 100
+
+
+def _num_train_classes(domain: DatasetDict, declared: int | None, name: str = "") -> int:
     if declared is not None:
         return declared
     if "train" not in domain:
         return 0
     # One Arrow read: iterating the column would format the rows one by one.
     labels = domain["train"].select_columns(["label"])[:]["label"]
-    return 1 + max(max(label) if isinstance(label, list) else label for label in labels)
+    ids = [class_id for label in labels for class_id in (label if isinstance(label, list) else [label])]
+    num_classes, distinct = 1 + max(ids), len(set(ids))
+    if num_classes > SPARSE_CLASS_ID_FACTOR * distinct + SPARSE_CLASS_ID_MARGIN:
+        raise ValueError(
+            f"domain {name!r}, split 'train': class ids go up to {num_classes - 1} but only {distinct} distinct "
+            f"classes occur, so the classifier would get {num_classes} rows; remap the training class ids to "
+            f"0 .. {distinct - 1}, or declare the number of classes (num_classes) if the gaps are intended"
+        )
+    return num_classes
+
+
+def _report_evaluation_gaps(
+    domains: Mapping[str, DatasetDict],
+    eval_pairs: Mapping[str, Mapping[str, tuple[str, str]]],
+    num_classes: Mapping[str, int],
+) -> dict[str, list[str]]:
+    """Warn about domains that will be silently absent from evaluation or training, and about classes that
+    cannot be retrieved; returns the warnings by kind (kept in ``Benchmark.metadata["warnings"]``)."""
+    found: dict[str, list[str]] = {}
+
+    def warn(kind: str, message: str) -> None:
+        logger.warning(message)
+        found.setdefault(kind, []).append(message)
+
+    for evaluation, pairs in eval_pairs.items():
+        for domain in domains:
+            if domain not in pairs:
+                warn(
+                    f"no_{evaluation}_split",
+                    f"domain {domain!r} has no {evaluation!r} split pair: it is left out of the {evaluation} "
+                    "evaluation and of its mean over domains",
+                )
+    for domain in domains:
+        if num_classes.get(domain, 0) == 0:
+            warn(
+                "no_training_classes",
+                f"domain {domain!r} has no 'train' split: 0 training classes, so it can be evaluated but not "
+                "trained on",
+            )
+    for pairs in eval_pairs.values():
+        for domain, (query, index) in pairs.items():
+            if query != index:
+                continue
+            counts: dict[int, int] = {}
+            for label in domains[domain][query].select_columns(["label"])[:]["label"]:
+                for class_id in label if isinstance(label, list) else [label]:
+                    counts[class_id] = counts.get(class_id, 0) + 1
+            single = sum(1 for count in counts.values() if count == 1)
+            if single:
+                warn(
+                    "single_image_classes",
+                    f"domain {domain!r}, split {query!r}: {single} of {len(counts)} classes have a single image; "
+                    "with the split as its own index those queries have no other relevant image and score "
+                    "R@1 = 0",
+                )
+    return found
 
 
 def _read_info_file(path: Path, domain: str, split: str) -> tuple[list[str], list]:
@@ -232,6 +318,8 @@ def load_uned_domains(
             if not info_file.is_file():
                 raise ValueError(f"domain {domain!r}, split {split!r}: info file {info_file} is missing")
             relative, labels = _read_info_file(info_file, domain, split)
+            if split == "train":
+                labels = single_labels(labels, domain, split, info_file)
             validate_labels(labels, domain, split, declared.get(domain))
             # os.path.join, not Path / path: a million Path objects cost seconds.
             paths = [os.path.join(image_root, path) for path in relative]
@@ -245,11 +333,18 @@ def load_uned_domains(
             query, index = pairs.get(domain, (evaluation, evaluation))
             if query in splits_of_domain and index in splits_of_domain:
                 eval_pairs[evaluation][domain] = (query, index)
+    classes = {name: _num_train_classes(loaded[name], declared.get(name), name) for name in loaded}
+    warnings = _report_evaluation_gaps(loaded, eval_pairs, classes)
     return Benchmark(
         domains=loaded,
-        num_classes={name: _num_train_classes(loaded[name], declared.get(name)) for name in loaded},
+        num_classes=classes,
         eval_pairs=eval_pairs,
-        metadata={"source": "uned", "info_root": str(info_root), "image_root": str(image_root)},
+        metadata={
+            "source": "uned",
+            "info_root": str(info_root),
+            "image_root": str(image_root),
+            "warnings": warnings,
+        },
         decode_report=report,
     )
 
@@ -286,6 +381,7 @@ def load_imagefolder_domains(
     report = DecodeReport()
     loaded: dict[str, DatasetDict] = {}
     class_names: dict[str, list[str]] = {}
+    empty_class_folders: list[str] = []
     num_classes: dict[str, int] = {}
     for domain in names:
         domain_dir = root / domain
@@ -294,12 +390,20 @@ def load_imagefolder_domains(
         split_dirs = sorted(p for p in domain_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not split_dirs:
             raise ValueError(f"domain {domain!r} is empty: no split folders under {domain_dir}")
-        classes_per_split = {
-            split_dir.name: sorted(
-                p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-            )
-            for split_dir in split_dirs
-        }
+        classes_per_split = {}
+        for split_dir in split_dirs:
+            classes = []
+            for class_dir in sorted(
+                p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+            ):
+                if any(not entry.name.startswith(".") for entry in class_dir.iterdir()):
+                    classes.append(class_dir.name)
+                else:
+                    empty_class_folders.append(str(class_dir))
+                    logger.warning(
+                        "skipping empty class folder %s (domain %r): it is not a class", class_dir, domain
+                    )
+            classes_per_split[split_dir.name] = classes
         train_classes = classes_per_split.get("train", [])
         others = sorted({c for classes in classes_per_split.values() for c in classes} - set(train_classes))
         class_to_id = {name: index for index, name in enumerate([*train_classes, *others])}
@@ -309,7 +413,8 @@ def load_imagefolder_domains(
             paths, labels = [], []
             for class_name in classes_per_split[split]:
                 for file in sorted((split_dir / class_name).iterdir()):
-                    if file.is_file() and not file.name.startswith("."):
+                    # A symlink that loops or dangles is not a file: keep it so the image check reports it.
+                    if (file.is_file() or file.is_symlink()) and not file.name.startswith("."):
                         paths.append(str(file))
                         labels.append(class_to_id[class_name])
             validate_labels(labels, domain, split)
@@ -323,11 +428,18 @@ def load_imagefolder_domains(
         evaluation: {domain: (evaluation, evaluation) for domain in loaded if evaluation in loaded[domain]}
         for evaluation in ("test", "val")
     }
+    warnings = _report_evaluation_gaps(loaded, eval_pairs, num_classes)
     return Benchmark(
         domains=loaded,
         num_classes=num_classes,
         eval_pairs=eval_pairs,
-        metadata={"source": "imagefolder", "root": str(root), "class_names": class_names},
+        metadata={
+            "source": "imagefolder",
+            "root": str(root),
+            "class_names": class_names,
+            "empty_class_folders": empty_class_folders,
+            "warnings": warnings,
+        },
         path=root,
         decode_report=report,
     )
