@@ -152,7 +152,7 @@ class UnicRecipe(Recipe):
             train_dataset=train_dataset,
             teachers=online_teachers,
             loss=loss,
-            evaluator=self.validation_evaluator() if args.eval_strategy != "no" else None,
+            evaluator=self.validation_evaluator(),
             domain_names=list(self.benchmark.domains),
         )
 

@@ -12,7 +12,7 @@ from transformers import PreTrainedConfig
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-BACKBONE_SOURCES = ("timm", "transformers")
+BACKBONE_SOURCES = ("timm", "transformers", "features")
 RESAMPLE_MODES = ("bilinear", "bicubic", "nearest")
 
 
@@ -42,7 +42,10 @@ class UniversalEmbedderConfig(PreTrainedConfig):
     Args:
         backbone: a timm model name (``backbone_source="timm"``) or, for ``"transformers"``, a model type
             (e.g. ``"vit"``, built from ``backbone_kwargs``) or a local config directory / Hub id.
-        backbone_source: ``"timm"`` or ``"transformers"``.
+        backbone_source: ``"timm"``, ``"transformers"``, or ``"features"``: the input is already a backbone's
+            pooled feature vector (features cached once from a frozen backbone), ``backbone_kwargs["dim"]`` wide;
+            the "backbone" is then the identity, or ``backbone_kwargs["layers"]`` trainable residual MLP blocks
+            (hidden width ``backbone_kwargs.get("hidden", dim)``) that start as the identity.
         backbone_kwargs: extra architecture arguments (timm ``create_model`` kwargs such as ``img_size``,
             ``patch_size``, ``depth``; or transformers config fields).
         pretrained_file: optional local safetensors file with backbone weights, loaded when the model is built

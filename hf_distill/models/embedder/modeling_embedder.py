@@ -68,6 +68,35 @@ class _TransformersBackbone(nn.Module):
         return hidden[:, 0]
 
 
+class FeatureAdapter(nn.Module):
+    """The backbone of ``backbone_source="features"``: precomputed features through residual MLP blocks.
+
+    Each block is ``x + W2 GELU(W1 LayerNorm(x))`` with ``W2`` initialised to zero, so an untrained adapter is the
+    identity and a model built on it starts exactly at the frozen backbone's features.
+
+    Args:
+        dim: feature width.
+        layers: number of residual blocks (0: the identity).
+        hidden: hidden width of each block (default ``dim``).
+    """
+
+    def __init__(self, dim: int, layers: int = 0, hidden: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden or dim
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+            for _ in range(layers)
+        )
+        for block in self.blocks:
+            nn.init.zeros_(block[-1].weight)
+            nn.init.zeros_(block[-1].bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            features = features + block(features)
+        return features
+
+
 def _feature_dim_of_transformers_config(config: PreTrainedConfig) -> int:
     if getattr(config, "hidden_sizes", None):
         return int(config.hidden_sizes[-1])
@@ -111,6 +140,13 @@ def create_backbone(config: UniversalEmbedderConfig) -> tuple[nn.Module, int]:
         features, with weights from ``pretrained_file`` when it is set.
     """
     kwargs = dict(config.backbone_kwargs or {})
+    if config.backbone_source == "features":
+        if "dim" not in kwargs:
+            raise ValueError('backbone_source="features" needs backbone_kwargs={"dim": <feature width>}')
+        module = FeatureAdapter(int(kwargs["dim"]), int(kwargs.get("layers", 0)), kwargs.get("hidden"))
+        if config.pretrained_file is not None:
+            _load_safetensors_into(module, config.pretrained_file, strict=True)
+        return module, int(kwargs["dim"])
     if config.backbone_source == "timm":
         if config.pooling != "default":
             kwargs["global_pool"] = config.pooling
