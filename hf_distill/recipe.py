@@ -122,14 +122,14 @@ def _check_config_value(path: str, key: str, value: Any, action: argparse.Action
     if isinstance(value, list) and action.nargs not in ("+", "*"):
         raise ValueError(f"config file '{path}': {key} takes a single value, got the list {value!r}")
     for item in items:
+        if action.type is _json_mapping and not isinstance(item, (dict, type(None))):
+            raise ValueError(f"config file '{path}': {key} must be a mapping, got {item!r}")
         if item is None or isinstance(item, str):
             continue  # strings go through the field's own conversion, as on the command line
         if action.type is int and (isinstance(item, bool) or not isinstance(item, int)):
             raise ValueError(f"config file '{path}': {key} must be an integer, got {item!r}")
         if action.type is float and (isinstance(item, bool) or not isinstance(item, (int, float))):
             raise ValueError(f"config file '{path}': {key} must be a number, got {item!r}")
-        if action.type is _json_mapping and not isinstance(item, dict):
-            raise ValueError(f"config file '{path}': {key} must be a mapping, got {item!r}")
         if action.choices is not None and item not in action.choices:
             raise ValueError(
                 f"config file '{path}': {key} must be one of {list(action.choices)}, got {item!r}"

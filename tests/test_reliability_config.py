@@ -11,9 +11,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "recipes"))
 
 import udon as udon_recipe  # noqa: E402
-from common import parse_recipe_args  # noqa: E402
 from udon import UdonRecipeArguments  # noqa: E402
 
+from hf_distill.recipe import parse_recipe_args  # noqa: E402
 from hf_distill.trainers.arguments import UdonTrainingArguments  # noqa: E402
 
 TOKEN = "hf_reliabilityTestSecret0123456789"
