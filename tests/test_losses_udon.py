@@ -116,3 +116,123 @@ def test_relational_fixed_scale_does_not_depend_on_the_batch_size():
 def test_relational_loss_rejects_mismatched_batches():
     with pytest.raises(ValueError, match="batches differ"):
         RelationalDistillationLoss()(torch.randn(3, 4), torch.randn(2, 4))
+
+
+# ------------------------------------------------------------------ UdonLoss with frozen external teachers
+
+
+def _feature_student(use_teacher=False, domains=("a", "b"), num_classes=(3, 4)):
+    from hf_distill.models.udon import UdonConfig, UdonModel
+
+    return UdonModel(
+        UdonConfig(
+            backbone="features",
+            backbone_source="features",
+            backbone_kwargs={"dim": 8, "layers": 1, "hidden": 8},
+            domains=list(domains),
+            num_classes=list(num_classes),
+            embed_dim=4,
+            use_teacher=use_teacher,
+            image_size=1,
+        )
+    )
+
+
+class _FixedTeacher(torch.nn.Module):
+    """A teacher giving the same embeddings and logits whatever the input (values chosen by the test)."""
+
+    def __init__(self, embeddings, logits):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(()))
+        self.embeddings, self.logits = embeddings, logits
+
+    def forward(self, pixel_values):
+        return self.embeddings * self.weight, self.logits * self.weight
+
+
+def test_external_teachers_give_the_distillation_targets():
+    from hf_distill.losses.udon import UdonLoss
+
+    torch.manual_seed(0)
+    student = _feature_student()
+    teacher_embeddings = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    teacher_logits = torch.tensor([[0.9, -0.2, 0.1, 0.0], [0.0, 0.5, -0.5, 0.3], [0.2, 0.2, 0.7, -0.9]])
+    teachers = {
+        "a": _FixedTeacher(torch.zeros(3, 2), torch.zeros(3, 3)),
+        "b": _FixedTeacher(teacher_embeddings, teacher_logits),
+    }
+    loss = UdonLoss(external_teachers=teachers, temperature=0.5)
+    loss.check_model(student)
+    inputs = {
+        "pixel_values": torch.randn(3, 8),
+        "labels": torch.tensor([0, 3, 1]),
+        "domain_ids": torch.ones(3, dtype=torch.long),
+    }
+    out = loss(student, inputs)
+    assert set(out) == {"loss", "loss_student", "accuracy_student", "loss_logit", "loss_relational"}
+    # By hand from the student's own logits and embeddings (the student has no teacher heads).
+    with torch.no_grad():
+        own = student(pixel_values=inputs["pixel_values"], domain_ids=inputs["domain_ids"], output_heads=True)
+    p_teacher = torch.softmax(teacher_logits / 0.5, dim=1)
+    log_p_student = torch.log_softmax(own.student_logits / 0.5, dim=1)
+    kl = (p_teacher * (p_teacher.log() - log_p_student)).sum(dim=1).mean()
+    s_student = own.embeddings @ own.embeddings.T
+    s_teacher = teacher_embeddings @ teacher_embeddings.T  # rows already unit length
+    relational = (s_student - s_teacher).pow(2).mean() * 32
+    torch.testing.assert_close(out["loss_logit"], kl)
+    torch.testing.assert_close(out["loss_relational"], relational)
+    torch.testing.assert_close(out["loss"], (out["loss_student"] + kl + relational) / 3)
+    # Frozen: the teacher gets no gradient, the student's head does.
+    out["loss"].backward()
+    assert teachers["b"].weight.grad is None
+    assert student.student_head.weight.grad.abs().sum() > 0
+
+
+def test_distilling_a_frozen_specialist_moves_the_student_towards_it():
+    from hf_distill.losses.udon import UdonLoss, UdonSpecialistTeacher
+
+    torch.manual_seed(0)
+    specialist = _feature_student(domains=("b",), num_classes=(4,))
+    with torch.no_grad():
+        specialist.student_classifiers[0].weight.mul_(5.0)
+    student = _feature_student()
+    teacher = UdonSpecialistTeacher(specialist)
+    before = [p.clone() for p in specialist.parameters()]
+    loss = UdonLoss(external_teachers={"a": teacher, "b": teacher}, student_weight=0.0, relational_weight=0.0)
+    inputs = {
+        "pixel_values": torch.randn(16, 8),
+        "labels": torch.zeros(16, dtype=torch.long),
+        "domain_ids": torch.ones(16, dtype=torch.long),
+    }
+    optimizer = torch.optim.Adam(student.parameters(), lr=0.05)
+    first = float(loss(student, inputs)["loss_logit"].detach())
+    for _ in range(60):
+        optimizer.zero_grad()
+        loss(student, inputs)["loss"].backward()
+        optimizer.step()
+    last = float(loss(student, inputs)["loss_logit"].detach())
+    assert last < 0.5 * first
+    assert all(torch.equal(a, b) for a, b in zip(before, specialist.parameters()))
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_external_teachers_are_checked():
+    from hf_distill.losses.udon import UdonLoss, UdonSpecialistTeacher
+
+    teacher = _FixedTeacher(torch.zeros(2, 2), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="use_teacher=False"):
+        UdonLoss(external_teachers={"a": teacher, "b": teacher}).check_model(
+            _feature_student(use_teacher=True)
+        )
+    with pytest.raises(ValueError, match=r"no teacher for domains \['b'\]"):
+        UdonLoss(external_teachers={"a": teacher}).check_model(_feature_student())
+    with pytest.raises(ValueError, match="use_distillation=True"):
+        UdonLoss(external_teachers={"a": teacher}, use_distillation=False)
+    with pytest.raises(ValueError, match="single-domain"):
+        UdonSpecialistTeacher(_feature_student())
+    # Domain b's student has 4 classes; a teacher with 3 is refused with both counts named.
+    inputs = {"pixel_values": torch.randn(2, 8), "labels": torch.zeros(2, dtype=torch.long)}
+    inputs["domain_ids"] = torch.ones(2, dtype=torch.long)
+    loss = UdonLoss(external_teachers={"a": teacher, "b": teacher})
+    with pytest.raises(ValueError, match=r"domain 'b' gave logits of shape \(2, 3\).*\(2, 4\)"):
+        loss(_feature_student(), inputs)

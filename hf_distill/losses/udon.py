@@ -7,10 +7,16 @@ For a single-domain batch of domain ``d`` with teacher cosine logits ``c_t`` and
 - ``L_log = KL(softmax(c_t/τ) ‖ softmax(c_s/τ))`` with τ = 0.1, teacher detached (Eq. 4 of the paper);
 - ``L_rel = MSE(S_s, S_t)`` of the batch similarity matrices, teacher detached (Eq. 5);
 - the total is the weighted mean of the active losses.
+
+The paper's naive multi-teacher baseline distils *frozen* specialists instead of the online teacher heads:
+``UdonLoss(external_teachers={domain: teacher})`` takes ``c_t`` and the teacher embeddings from those modules
+(e.g. :class:`UdonSpecialistTeacher`, one single-domain model trained per domain) and trains a student without
+teacher heads with ``L_s``, ``L_log`` and ``L_rel`` only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -37,6 +43,11 @@ class UdonLoss(nn.Module):
         relational_scale / relational_reference_rows: see
             :func:`~hf_distill.losses.relational.relational_distillation_loss` (``"fixed"`` by default;
             ``"authors"`` for the released code's scale).
+        external_teachers: frozen teachers replacing the online teacher heads (the paper's naive
+            multi-teacher baseline): domain name → a module mapping the batch's ``pixel_values`` to
+            ``(teacher embeddings, teacher cosine logits over the domain's classes)``, e.g.
+            :class:`UdonSpecialistTeacher`. They run without gradient and in eval mode, on the device they were
+            put on; the student must have no teacher heads (``use_teacher=False``).
 
     Calling it as ``loss(model, inputs)`` with ``pixel_values``, ``labels`` and ``domain_ids`` returns ``"loss"``
     and the named components ``loss_teacher``, ``loss_student``, ``loss_logit``, ``loss_relational``,
@@ -57,6 +68,7 @@ class UdonLoss(nn.Module):
         distillation_reaches_backbone: bool = False,
         relational_scale: str = "fixed",
         relational_reference_rows: int = 32,
+        external_teachers: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
         if margin_type not in MARGIN_TYPES:
@@ -78,11 +90,33 @@ class UdonLoss(nn.Module):
         }
         self.use_distillation = use_distillation
         self.distillation_reaches_backbone = distillation_reaches_backbone
+        self.external_teachers: nn.ModuleDict | None = None
+        if external_teachers is not None:
+            if not use_distillation:
+                raise ValueError(
+                    "external_teachers are only used for distillation: set use_distillation=True"
+                )
+            if not external_teachers:
+                raise ValueError("external_teachers is empty: give one frozen teacher per domain")
+            self.external_teachers = nn.ModuleDict(dict(external_teachers))
+            self.external_teachers.requires_grad_(False).eval()
 
     def check_model(self, model: nn.Module) -> None:
         """Refuse a model this loss cannot train (distillation without teacher heads)."""
         config = extract_model_from_parallel(model).config
-        if self.use_distillation and not config.use_teacher:
+        if self.external_teachers is not None:
+            if config.use_teacher:
+                raise ValueError(
+                    "UdonLoss(external_teachers=...) replaces the online teacher heads: build the student with "
+                    "use_teacher=False"
+                )
+            missing = [name for name in config.domains if name not in self.external_teachers]
+            if missing:
+                raise ValueError(
+                    f"external_teachers has no teacher for domains {missing}; it has "
+                    f"{sorted(self.external_teachers)}"
+                )
+        elif self.use_distillation and not config.use_teacher:
             raise ValueError(
                 "UdonLoss(use_distillation=True) needs a UdonModel with teacher heads (use_teacher=True); "
                 "the UnED baselines train with use_distillation=False"
@@ -96,7 +130,8 @@ class UdonLoss(nn.Module):
         labels = inputs["labels"].long()
         config = extract_model_from_parallel(model).config
         use_teacher = bool(config.use_teacher)
-        distil = self.use_distillation and use_teacher
+        external = self.external_teachers is not None
+        distil = self.use_distillation and (use_teacher or external)
         output = model(
             pixel_values=inputs["pixel_values"],
             domain_ids=inputs["domain_ids"],
@@ -125,11 +160,66 @@ class UdonLoss(nn.Module):
                 embeddings, logits = output.embeddings, output.student_logits
             else:
                 embeddings, logits = output.detached_embeddings, output.detached_logits
-            losses["loss_logit"] = self.logit(logits, output.teacher_logits)["loss"]
-            losses["loss_relational"] = self.relational(embeddings, output.teacher_embeddings)["loss"]
+            if external:
+                teacher_embeddings, teacher_logits = self._external_targets(
+                    config.domains[domain], inputs["pixel_values"], num_classes
+                )
+            else:
+                teacher_embeddings, teacher_logits = output.teacher_embeddings, output.teacher_logits
+            losses["loss_logit"] = self.logit(logits, teacher_logits)["loss"]
+            losses["loss_relational"] = self.relational(embeddings, teacher_embeddings)["loss"]
         active = {name: weight for name, weight in self.weights.items() if name in losses}
         total = sum(weight * losses[name] for name, weight in active.items()) / sum(active.values())
         return {"loss": total, **losses}
 
+    def _external_targets(
+        self, domain: str, pixel_values: torch.Tensor, num_classes: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings and cosine logits of ``domain``'s frozen external teacher."""
+        if domain not in self.external_teachers:
+            raise ValueError(
+                f"external_teachers has no teacher for domain '{domain}'; it has {sorted(self.external_teachers)}"
+            )
+        teacher = self.external_teachers[domain]
+        if teacher.training:
+            teacher.eval()
+        with torch.no_grad():
+            embeddings, logits = teacher(pixel_values)
+        if logits.shape != (len(pixel_values), num_classes):
+            raise ValueError(
+                f"the external teacher of domain '{domain}' gave logits of shape {tuple(logits.shape)}; the student "
+                f"has {num_classes} classes for that domain, so ({len(pixel_values)}, {num_classes}) is needed"
+            )
+        return embeddings, logits
 
-__all__ = ["UdonLoss"]
+
+class UdonSpecialistTeacher(nn.Module):
+    """A frozen single-domain specialist as an external teacher of :class:`UdonLoss`.
+
+    The specialist is a ``UdonModel`` with one domain and no teacher heads, trained alone on that domain (a
+    USCRR model restricted to it); its student head (``embed_dim`` wide, e.g. UDON's teacher width 256) gives the
+    teacher embedding and its classifier the teacher cosine logits.
+
+    Args:
+        model: the trained single-domain ``UdonModel``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        config = model.config
+        if len(config.domains) != 1 or config.use_teacher or config.joint_classifier:
+            raise ValueError(
+                "UdonSpecialistTeacher needs a single-domain UdonModel without teacher heads or joint classifier, "
+                f"got domains={config.domains}, use_teacher={config.use_teacher}, "
+                f"joint_classifier={config.joint_classifier}"
+            )
+        self.model = model.requires_grad_(False).eval()
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embeddings, cosine logits)`` of the specialist for a batch of its domain."""
+        domain_ids = torch.zeros(len(pixel_values), dtype=torch.long, device=pixel_values.device)
+        output = self.model(pixel_values=pixel_values, domain_ids=domain_ids, output_heads=True)
+        return output.embeddings, output.student_logits
+
+
+__all__ = ["UdonLoss", "UdonSpecialistTeacher"]
