@@ -127,9 +127,10 @@ def main() -> None:
     print(f"torch threads: {args.threads}; load average before: {load_average():.1f}")
     intervals: dict[int, list[float]] = {count: [] for count in args.domains}
     with tempfile.TemporaryDirectory() as output_dir:
-        trainers = {count: build_trainer(count, args, output_dir) for count in args.domains}
         for _ in range(args.repeats):
-            for count, (trainer, timer) in trainers.items():
+            for count in args.domains:
+                # A fresh trainer per run (a trainer's domain sampler is not meant to be trained twice).
+                trainer, timer = build_trainer(count, args, output_dir)
                 trainer.train()
                 intervals[count].extend(timer.intervals())
     medians = {count: statistics.median(values) for count, values in intervals.items()}
