@@ -1,7 +1,7 @@
 """UDON step time through the trainer with 2 and with 32 domains: it must not grow with the number of domains.
 
-    HF_HUB_OFFLINE=1 python benchmarks/bench_udon_domains.py [--domains 2 32] [--classes 1000] [--steps 12]
-        [--repeats 3] [--batch-size 64] [--threads 2]
+    HF_HUB_OFFLINE=1 python benchmarks/bench_udon_domains.py [--domains 2 32] [--classes 1000] [--steps 6]
+        [--repeats 2] [--batch-size 32] [--threads 2]
 
 Each setting is a ``UdonTrainer.train()`` run (domain batch sampler with dynamic sampling, per-domain loss and
 sampling-probability logging, AdamW over every domain's classifiers, gradient clipping) of a ``UdonModel``
@@ -117,9 +117,9 @@ def main() -> None:
         "--domains", type=int, nargs=2, default=[2, 32], help="the two domain counts compared"
     )
     parser.add_argument("--classes", type=int, default=1000, help="classes per domain")
-    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per setting, alternating")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per setting, alternating")
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
