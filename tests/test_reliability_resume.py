@@ -131,3 +131,17 @@ def test_example_augmentation_depends_on_example_and_epoch_not_on_global_rng():
     dataset.set_epoch(1)
     assert not torch.equal(dataset[1]["x"], first["x"])
     assert not torch.equal(SeededAugmentationDataset(noisy_dataset(), seed=4)[1]["x"], first["x"])
+
+
+def test_custom_sampler_loader_keeps_every_column_whatever_remove_unused_columns(tmp_path):
+    # The domain sampler's loader never removed columns; the seeded wrapper must not start doing it (the
+    # transform needs ``domain_ids``, which the model's forward does not name).
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, report_to="none", use_cpu=True
+    )
+    assert args.remove_unused_columns
+    trainer = NoisyTrainer(
+        model=DropoutModel(), args=args, train_dataset=noisy_dataset(), domain_sampler=True
+    )
+    trainer.train()
+    assert trainer.state.global_step == 2

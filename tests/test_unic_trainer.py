@@ -172,10 +172,12 @@ def test_resume_ends_with_the_same_metrics(teachers, images, tiny_benchmark, tmp
     full, full_metrics = run(tmp_path / "full")
     resumed, resumed_metrics = run(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-3"))
     assert resumed_metrics == full_metrics
+    # bit-identical end state: weights, and the running statistics of the standardiser
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
-        torch.testing.assert_close(a, b, msg=name)
+        assert torch.equal(a, b), name
     for key, value in full.standardizer.means.items():
-        torch.testing.assert_close(resumed.standardizer.means[key], value)
+        assert torch.equal(resumed.standardizer.means[key], value), key
+        assert torch.equal(resumed.standardizer.stds[key], full.standardizer.stds[key]), key
     # The running statistics travel in the checkpoint (a fresh standardiser would restart at mean 0 / std 1).
     saved = torch.load(tmp_path / "full" / "checkpoint-3" / "hf_distill_state.pt", weights_only=True)
     assert sorted(saved["feature_standardizer"]["means"]) == ["cnn/cls", "cnn/patch", "vit/cls", "vit/patch"]

@@ -414,7 +414,7 @@ class DistillationTrainer(Trainer):
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
         dataloader = DataLoader(
-            self._seeded(self.train_dataset, "training"),
+            self._seeded(self.train_dataset),
             batch_sampler=sampler,
             collate_fn=self.data_collator,
             num_workers=self.args.dataloader_num_workers,
@@ -439,18 +439,24 @@ class DistillationTrainer(Trainer):
         is_training: bool = False,
         dataloader_key: str | None = None,
     ) -> DataLoader:
-        # The Trainer's own training loader (no custom batch sampler): seed its augmentation per batch too.
+        # The Trainer's own training loader (no custom batch sampler): seed its augmentation per example too.
         if is_training and not isinstance(dataset, torch.utils.data.IterableDataset):
             dataset = self._seeded(dataset, description)
         return super()._get_dataloader(
             dataset, description, batch_size, sampler_fn, is_training, dataloader_key
         )
 
-    def _seeded(self, dataset: Any, description: str) -> SeededAugmentationDataset:
-        """Wrap the training set in a :class:`SeededAugmentationDataset` (unused columns removed first)."""
+    def _seeded(self, dataset: Any, description: str | None = None) -> SeededAugmentationDataset:
+        """Wrap the training set in a :class:`SeededAugmentationDataset`.
+
+        Args:
+            dataset: the training set.
+            description: for the Trainer's own loader, whose unused columns are removed first (as the Trainer
+                would); None for a custom batch sampler's loader, which never removed columns.
+        """
         if isinstance(dataset, SeededAugmentationDataset):
             return dataset
-        if isinstance(dataset, datasets.Dataset):
+        if description is not None and isinstance(dataset, datasets.Dataset):
             dataset = self._remove_unused_columns(dataset, description=description)
         self._seeded_training_set = SeededAugmentationDataset(dataset, self.args.seed)
         if self.state.epoch:
