@@ -1,7 +1,7 @@
 """MLFD vs. dataset-specific students trained without distillation, over several seeds (SPEC §4).
 
-For every seed this runs ``recipes/mlfd.py`` (a subprocess each, several at a time) and reads its
-``results.json``. The baseline of a domain is its stage-1 individual teacher: the student's architecture trained
+For every seed this runs the library's MLFD stages (:func:`hf_distill.trainers.mlfd_stages.run_mlfd_stages`, the
+stages ``recipes/mlfd.py`` runs; a child process each, several at a time) and reads its ``results.json``. The baseline of a domain is its stage-1 individual teacher: the student's architecture trained
 on the same images with cross-entropy only and the same schedule (the script checks that the teacher and student
 epochs and learning rates are equal, so the two differ only by the distillation). Metrics: top-1 accuracy of the
 classifier head on ``val`` (held-out images of the training classes) and retrieval R@1 on ``test`` (unseen
@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,7 +27,6 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "mlfd.py"
 METRICS = (("val/top1", "val top-1"), ("test/R@1", "test R@1"))
 
 
@@ -69,34 +68,51 @@ def _check_baseline_is_fair(settings: dict) -> None:
             )
 
 
+def _run_seed(config: str, seed: int, output: str, overrides: list[str], threads: int) -> None:
+    """One seed, in a child process whose output (logs, warnings) goes to ``<output>/recipe.log``."""
+    log = (Path(output) / "recipe.log").open("w")
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    # Imported here, in the child, after OMP_NUM_THREADS is set: the parent only schedules and reads results.
+    import datasets
+    import torch
+
+    from hf_distill.data import load_domains
+    from hf_distill.recipe import parse_recipe_args, setup_logging
+    from hf_distill.trainers.mlfd_stages import MlfdStageArguments, run_mlfd_stages
+
+    torch.set_num_threads(threads)
+    setup_logging()
+    datasets.disable_progress_bars()
+    argv = ["--config", config, "--seed", str(seed), "--output_dir", output, *overrides]
+    (stage_args,) = parse_recipe_args([MlfdStageArguments], argv)
+    run_mlfd_stages(stage_args, load_domains(stage_args.benchmark_path, stage_args.domains))
+
+
 def run_seeds(args: argparse.Namespace, overrides: dict[str, str]) -> dict[int, dict]:
-    """Run the recipe once per seed (``args.parallel`` at a time) and return each run's ``results.json``."""
-    environment = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
+    """Run the stages once per seed (``args.parallel`` at a time) and return each run's ``results.json``."""
+    os.environ.update(OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
+    context = multiprocessing.get_context("spawn")
+    flags = [part for key, value in overrides.items() for part in (f"--{key}", *value.split())]
     pending = list(args.seeds)
-    running: dict[int, tuple[subprocess.Popen, Path]] = {}
+    running: dict[int, tuple[multiprocessing.process.BaseProcess, Path]] = {}
     while pending or running:
         while pending and len(running) < args.parallel:
             seed = pending.pop(0)
             output = Path(args.output_dir) / f"seed{seed}"
             output.mkdir(parents=True, exist_ok=True)
-            command = [sys.executable, str(RECIPE), "--config", args.config, "--seed", str(seed)]
-            command += ["--output_dir", str(output)]
-            for key, value in overrides.items():
-                command += [f"--{key}", *value.split()]
-            log = (output / "recipe.log").open("w")
-            running[seed] = (
-                subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment),
-                output,
+            process = context.Process(
+                target=_run_seed, args=(args.config, seed, str(output), flags, args.threads)
             )
+            process.start()
+            running[seed] = (process, output)
         time.sleep(2)
         for seed, (process, output) in list(running.items()):
-            if process.poll() is None:
+            if process.is_alive():
                 continue
             del running[seed]
-            if process.returncode != 0:
-                raise SystemExit(
-                    f"seed {seed} failed (exit {process.returncode}); see {output / 'recipe.log'}"
-                )
+            if process.exitcode != 0:
+                raise SystemExit(f"seed {seed} failed (exit {process.exitcode}); see {output / 'recipe.log'}")
     return {
         seed: json.loads((Path(args.output_dir) / f"seed{seed}" / "results.json").read_text())
         for seed in args.seeds

@@ -1,4 +1,5 @@
-"""Feature cache: round-trip, refusal on a different spec, deterministic views, no half-built cache."""
+"""Feature cache: round-trip, refusal on a different spec, deterministic views, no half-built cache, and the
+cached-view dataset (the view the features were computed on, or a fresh draw) shared by UNIC and MLFD."""
 
 import json
 
@@ -8,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from hf_distill.layers import PixelNormalize
 from hf_distill.teachers.cache import (
     SPEC_FILE,
+    CachedViewDataset,
     FeatureCacheSpec,
     build_feature_cache,
     load_feature_cache,
@@ -127,3 +130,63 @@ def test_rejects_bad_input(tmp_path):
     (tmp_path / "e" / SPEC_FILE).write_text(json.dumps({"spec": {"teacher": "x", "layer": "y", "bogus": 1}}))
     with pytest.raises(ValueError, match="bogus"):
         load_feature_cache(tmp_path / "e", _spec())
+
+
+def _pixels_cache(tmp_path, views: int = 2) -> datasets.Dataset:
+    # The cached "feature" is the view's pixels themselves, so an item shows which view its features came from.
+    spec = _spec(views=views, augmentation="uniform offset")
+    return build_feature_cache(_images(3), lambda x: {"pixels": x}, _noisy, spec, tmp_path / "c", seed=4)
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_cached_view_dataset_gives_the_view_the_features_were_computed_on(tmp_path, in_memory):
+    cache, images = _pixels_cache(tmp_path), _images(3)
+    dataset = CachedViewDataset(
+        cache, images, _noisy, seed=4, labels=[7, 8, 9], domain_id=2, in_memory=in_memory
+    )
+    assert len(dataset) == 6 and dataset.columns == ["pixels"]
+    for index in range(6):
+        item = dataset[index]
+        assert (item["labels"], item["domain_ids"]) == ([7, 8, 9][index // 2], 2)
+        torch.testing.assert_close(item["images"], item["pixels"])
+    # The two views of an image differ, a batch read equals item reads, and the caller's RNG is untouched.
+    assert not torch.equal(dataset[0]["images"], dataset[1]["images"])
+    state = torch.get_rng_state()
+    batch = dataset.__getitems__([5, 0, 3])
+    assert torch.equal(state, torch.get_rng_state())
+    for item, index in zip(batch, [5, 0, 3]):
+        assert torch.equal(item["images"], dataset[index]["images"])
+        assert torch.equal(item["pixels"], dataset[index]["pixels"])
+    # A student normalisation is applied after the view: (view - mean) / std, computed by hand.
+    normalized = CachedViewDataset(
+        cache, images, _noisy, seed=4, normalize=PixelNormalize([0.5, 0.0, 1.0], [0.5, 2.0, 1.0])
+    )[3]
+    view = normalized["pixels"]
+    expected = torch.stack([(view[0] - 0.5) / 0.5, view[1] / 2.0, view[2] - 1.0])
+    torch.testing.assert_close(normalized["images"], expected)
+
+
+def test_cached_view_dataset_fresh_draws_and_features_only(tmp_path):
+    cache, images = _pixels_cache(tmp_path), _images(3)
+    fresh = CachedViewDataset(cache, images, fresh_transform=_plain, pixels_key="pixel_values")
+    item = fresh[3]  # view 1 of image 1: features of the cached (noisy) view, pixels of the fresh transform
+    torch.testing.assert_close(item["pixel_values"], _plain(images[1]["image"]))
+    assert not torch.allclose(item["pixel_values"], item["pixels"])
+    features_only = CachedViewDataset(cache, labels=[0, 1, 2], in_memory=True)[4]
+    assert sorted(features_only) == ["labels", "pixels"] and features_only["labels"] == 2
+
+
+def test_cached_view_dataset_rejects_bad_input(tmp_path):
+    cache, images = _pixels_cache(tmp_path), _images(3)
+    with pytest.raises(ValueError, match="exactly one of view_transform"):
+        CachedViewDataset(cache, images)
+    with pytest.raises(ValueError, match="exactly one of view_transform"):
+        CachedViewDataset(cache, images, _noisy, fresh_transform=_plain)
+    with pytest.raises(ValueError, match="need the source images"):
+        CachedViewDataset(cache, None, _noisy)
+    with pytest.raises(ValueError, match=r"no column\(s\) \['maps_absent'\]"):
+        CachedViewDataset(cache, columns=["maps_absent"])
+    with pytest.raises(ValueError, match="source image 2 but labels has 2 rows"):
+        CachedViewDataset(cache, labels=[0, 1])
+    with pytest.raises(ValueError, match="source image 2 but images has 1 rows"):
+        CachedViewDataset(cache, images.select([0]), _noisy)

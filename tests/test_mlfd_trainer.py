@@ -1,4 +1,4 @@
-"""MlfdTrainer: the three trainable stages' losses, a real training step, and the cached-view datasets."""
+"""MlfdTrainer: the three trainable stages' losses and a real training step on the shared cached-view dataset."""
 
 import datasets
 import numpy as np
@@ -15,6 +15,7 @@ from hf_distill.models.mlfd import (
     MlfdClassifierModel,
 )
 from hf_distill.teachers.cache import (
+    CachedViewDataset,
     FeatureCacheSpec,
     build_feature_cache,
     map_column,
@@ -22,7 +23,7 @@ from hf_distill.teachers.cache import (
     view_seed,
 )
 from hf_distill.trainers.arguments import MlfdTrainingArguments
-from hf_distill.trainers.mlfd import CachedMapsDataset, CachedTargetsDataset, MlfdTrainer
+from hf_distill.trainers.mlfd import MlfdTrainer
 
 
 def _source(n: int = 6) -> datasets.Dataset:
@@ -94,11 +95,24 @@ def _args(tmp_path) -> MlfdTrainingArguments:
     )
 
 
+def _targets(cache: datasets.Dataset, **pixels) -> CachedViewDataset:
+    # What the stage runner gives a stage-4 trainer: the joint teacher's maps, labels, dataset id and pixels.
+    return CachedViewDataset(
+        cache,
+        _source(),
+        seed=3,
+        columns=[map_column("toy")],
+        labels=_source()["label"],
+        domain_id=1,
+        pixels_key="pixel_values",
+        in_memory=True,
+        **pixels,
+    )
+
+
 def test_student_sees_exactly_the_cached_view(tmp_path):
     cache = _cache(tmp_path, views=2)
-    dataset = CachedTargetsDataset(
-        cache, _source(), 1, ["toy"], view_transform=_random_roll, normalize=lambda x: x, seed=3
-    )
+    dataset = _targets(cache, view_transform=_random_roll, normalize=lambda x: x)
     assert len(dataset) == 12
     shifts = set()
     for index in range(len(dataset)):
@@ -111,15 +125,11 @@ def test_student_sees_exactly_the_cached_view(tmp_path):
         torch.testing.assert_close(item["pixel_values"], expected)
         shifts.add(int((item["pixel_values"] != _to_tensor(_source()[index // 2]["image"])).any()))
     assert 1 in shifts  # the views are augmented, not all the plain image
-    with pytest.raises(ValueError, match="exactly one"):
-        CachedTargetsDataset(cache, _source(), 1, ["toy"])
-    with pytest.raises(ValueError, match="no column"):
-        CachedMapsDataset(cache, [0] * 6, 1, ["absent"])
 
 
 def test_stage4_loss_matches_the_multilevel_loss_and_trains_only_the_student(tmp_path):
     cache = _cache(tmp_path)
-    dataset = CachedTargetsDataset(cache, _source(), 1, ["toy"], train_transform=_to_tensor)
+    dataset = _targets(cache, fresh_transform=_to_tensor)
     student, joint = _student(), _joint()
     joint_before = {k: v.clone() for k, v in joint.state_dict().items()}
     trainer = MlfdTrainer(model=student, args=_args(tmp_path), train_dataset=dataset, loss=MlfdLoss(joint))
@@ -151,7 +161,9 @@ def test_stage1_and_stage3_losses(tmp_path):
     torch.testing.assert_close(losses["loss"], F.cross_entropy(student(pixel_values=pixels).logits, labels))
 
     joint = _joint()
-    dataset = CachedMapsDataset(_cache(tmp_path), [0, 1, 2, 0, 1, 2], 1, ["toy"])
+    dataset = CachedViewDataset(
+        _cache(tmp_path), columns=[map_column("toy")], labels=[0, 1, 2, 0, 1, 2], domain_id=1, in_memory=True
+    )
     trainer = MlfdTrainer(model=joint, args=_args(tmp_path), train_dataset=dataset)
     batch = trainer.data_collator([dataset[i] for i in range(3)])
     losses = trainer.compute_losses(joint, batch)

@@ -9,12 +9,14 @@ from hf_distill.layers.normalization import (
     running_stat_modules,
     set_backbone_train_mode,
 )
+from hf_distill.layers.pixels import PixelNormalize
 from hf_distill.layers.projector import Projector, ProjectorLadder
 
 __all__ = [
     "BACKBONE_NORM_MODES",
     "BackboneNormMixin",
     "CosineClassifier",
+    "PixelNormalize",
     "Projector",
     "ProjectorLadder",
     "align_spatial",

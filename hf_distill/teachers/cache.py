@@ -25,13 +25,14 @@ import os
 import random
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -331,3 +332,151 @@ def load_feature_cache(cache_dir: str | os.PathLike, spec: FeatureCacheSpec) -> 
             f"feature cache {cache_dir} holds {len(dataset)} rows, its metadata says {metadata['num_rows']}"
         )
     return dataset.with_format("torch")
+
+
+def load_cache_columns(
+    cache: datasets.Dataset, columns: Sequence[str], chunk_size: int = 1024
+) -> dict[str, torch.Tensor]:
+    """Read feature columns of a cache into memory, in the cache's storage dtype.
+
+    Row-by-row reads of fixed-shape Arrow arrays cost milliseconds each, far more than a training step of a small
+    model on cached features (MLFD's joint teacher); read in chunks once, random access is then free.
+
+    Args:
+        cache: a feature cache (from :func:`build_feature_cache`).
+        columns: the feature columns to read.
+        chunk_size: rows converted at a time.
+    """
+    arrays = cache.select_columns(list(columns)).with_format("numpy")
+    chunks: dict[str, list[torch.Tensor]] = {column: [] for column in columns}
+    for start in range(0, len(arrays), chunk_size):
+        batch = arrays[start : start + chunk_size]
+        for column in columns:
+            chunks[column].append(torch.from_numpy(batch[column]))
+    return {column: torch.cat(parts) for column, parts in chunks.items()}
+
+
+class CachedViewDataset(Dataset):
+    """Rows of a feature cache next to the view of the source image their features were computed on.
+
+    Row ``r`` of a cache is view ``view[r]`` of source image ``source_index[r]`` (:func:`build_feature_cache`).
+    Item ``r`` holds the cached feature columns and, when ``images`` is given, pixels of that image under
+    ``pixels_key``:
+
+    - with ``view_transform``: exactly the view the teachers saw — the cache's transform re-run under the view's
+      seed (:func:`view_seed`), then ``normalize`` when given (UNIC; MLFD with augmented cached views);
+    - with ``fresh_transform``: a new draw of a (random) transform, while the features come from the cached view
+      (the MLFD paper: un-augmented cache, augmented student).
+
+    Without ``images`` an item holds the features only (MLFD's joint teacher trains on them). ``labels`` adds the
+    source image's label as ``labels``, ``domain_id`` a constant ``domain_ids``.
+
+    Args:
+        cache: the feature cache (a ``datasets.Dataset`` with ``source_index``, ``view`` and feature columns).
+        images: the source split the cache was built from (same order; column ``image``), or None.
+        view_transform: the transform the cache was built with.
+        seed: the cache's build seed.
+        fresh_transform: instead of ``view_transform``, image -> pixels drawn anew at each read.
+        normalize: applied to the view's pixels (e.g. a :class:`~hf_distill.layers.PixelNormalize`).
+        columns: the feature columns returned (default: every feature column of the cache).
+        labels: per source image, its label.
+        domain_id: returned as ``domain_ids`` with every item.
+        pixels_key: the key of the pixels in an item.
+        in_memory: read the feature columns into memory once (fast random access, see
+            :func:`load_cache_columns`) instead of one Arrow read per batch.
+    """
+
+    def __init__(
+        self,
+        cache: datasets.Dataset,
+        images: datasets.Dataset | None = None,
+        view_transform: Callable[[Any], torch.Tensor] | None = None,
+        seed: int = 0,
+        *,
+        fresh_transform: Callable[[Any], torch.Tensor] | None = None,
+        normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        columns: Sequence[str] | None = None,
+        labels: Sequence[int] | None = None,
+        domain_id: int | None = None,
+        pixels_key: str = "images",
+        in_memory: bool = False,
+    ) -> None:
+        if images is not None and (view_transform is None) == (fresh_transform is None):
+            raise ValueError(
+                "give exactly one of view_transform (the cached views) and fresh_transform (a new augmentation)"
+            )
+        if images is None and (view_transform, fresh_transform, normalize) != (None, None, None):
+            raise ValueError("view_transform, fresh_transform and normalize need the source images")
+        available = [name for name in cache.column_names if name not in _RESERVED_COLUMNS]
+        self.columns = list(available if columns is None else columns)
+        missing = [column for column in self.columns if column not in available]
+        if missing:
+            raise ValueError(f"the feature cache has no column(s) {missing}; it has {cache.column_names}")
+        rows = cache.with_format(None).select_columns(list(_RESERVED_COLUMNS))[:]
+        self.source_index = [int(index) for index in rows["source_index"]]
+        self.view = [int(view) for view in rows["view"]]
+        for name, size in (("images", images), ("labels", labels)):
+            if size is not None and self.source_index and max(self.source_index) >= len(size):
+                raise ValueError(
+                    f"the cache refers to source image {max(self.source_index)} but {name} has {len(size)} rows"
+                )
+        self.cache = cache.with_format("torch")
+        self.features = load_cache_columns(cache, self.columns) if in_memory else None
+        self.images = images.select_columns(["image"]) if images is not None else None
+        self.view_transform, self.fresh_transform, self.normalize = view_transform, fresh_transform, normalize
+        self.seed = seed
+        self.labels = None if labels is None else [int(labels[index]) for index in self.source_index]
+        self.domain_id, self.pixels_key = domain_id, pixels_key
+
+    def __len__(self) -> int:
+        return len(self.source_index)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        # One item (the trainers' seeded training set reads item by item): integer reads, far cheaper than
+        # reads by a list of one index.
+        index = int(index)
+        if self.features is not None:
+            features = {column: values[index] for column, values in self.features.items()}
+        else:
+            row = self.cache[index]
+            features = {column: row[column] for column in self.columns}
+        image = self.images[self.source_index[index]]["image"] if self.images is not None else None
+        return self._item(index, features, image)
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        # A DataLoader reading this dataset directly fetches a whole batch through this method: one Arrow read for
+        # all its feature rows and one for all its source images.
+        indices = [int(index) for index in indices]
+        if self.features is not None:
+            features = {column: values[indices] for column, values in self.features.items()}
+        else:
+            rows = self.cache[indices]
+            features = {column: rows[column] for column in self.columns}
+        images = None
+        if self.images is not None:
+            images = self.images[[self.source_index[index] for index in indices]]["image"]
+        return [
+            self._item(
+                index,
+                {column: values[position] for column, values in features.items()},
+                images[position] if images is not None else None,
+            )
+            for position, index in enumerate(indices)
+        ]
+
+    def _item(self, index: int, features: dict[str, Any], image: Any) -> dict[str, Any]:
+        item = dict(features)
+        if image is not None:
+            item[self.pixels_key] = self._pixels(image, index)
+        if self.labels is not None:
+            item["labels"] = self.labels[index]
+        if self.domain_id is not None:
+            item["domain_ids"] = self.domain_id
+        return item
+
+    def _pixels(self, image: Any, index: int) -> torch.Tensor:
+        if self.fresh_transform is not None:
+            return self.fresh_transform(image)
+        seed = view_seed(self.seed, self.source_index[index], self.view[index])
+        pixels = transform_view(self.view_transform, image, seed)
+        return self.normalize(pixels) if self.normalize is not None else pixels

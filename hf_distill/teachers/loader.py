@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
+from hf_distill.layers.pixels import PixelNormalize
 from hf_distill.teachers.offline import create_offline_model, is_offline_name, resolve_offline_weights
 
 logger = logging.getLogger(__name__)
@@ -164,8 +165,7 @@ class FrozenTeacher(nn.Module):
         self.description = description
         self.model.requires_grad_(False)
         super().train(False)
-        self.register_buffer("_mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("_std", torch.tensor(preprocessing.std).view(1, 3, 1, 1), persistent=False)
+        self.normalize = PixelNormalize(preprocessing.mean, preprocessing.std)
         with torch.no_grad():
             probe = self(torch.zeros(1, 3, preprocessing.image_size, preprocessing.image_size))
         self.global_dim = int(probe.global_features.shape[-1])
@@ -189,7 +189,7 @@ class FrozenTeacher(nn.Module):
             images = F.interpolate(
                 images, size=(size, size), mode=mode, align_corners=False, antialias=antialias
             )
-        return (images - self._mean.to(images.dtype)) / self._std.to(images.dtype)
+        return self.normalize(images)
 
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> TeacherOutput:
