@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hf_distill.layers import CosineClassifier
 from hf_distill.losses import (
     CosineClassificationLoss,
-    CosineClassifier,
     FeatureStandardizer,
     feature_distillation_loss,
     kl_logit_distillation,
