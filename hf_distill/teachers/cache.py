@@ -12,7 +12,8 @@ Layout of a cache directory::
         feature_cache.json    the spec, its fingerprint and the build metadata (written last)
 
 A build writes into a temporary sibling directory and renames it into place at the end, so an interrupted build
-never leaves a directory that :func:`load_feature_cache` accepts.
+never leaves a directory that :func:`load_feature_cache` accepts. :class:`CachedViewDataset` serves a cache for
+training (both methods): each row's features next to the very view of the source image they were computed on.
 """
 
 from __future__ import annotations
