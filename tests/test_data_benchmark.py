@@ -200,6 +200,9 @@ def test_default_path_follows_the_environment_variable(tiny_benchmark_dir, monke
     monkeypatch.setenv("HF_DISTILL_BENCHMARK", os.fspath(tiny_benchmark_dir))
     assert default_benchmark_path() == tiny_benchmark_dir
     assert load_benchmark().domain_names == list(FAST_DOMAIN_NAMES)
+    # Without the variable the default is the manydomain benchmark (in the working directory or the repository).
+    monkeypatch.delenv("HF_DISTILL_BENCHMARK")
+    assert default_benchmark_path().parts[-2:] == ("data", "manydomain")
 
 
 def test_mnist_sources_are_deduplicated():
