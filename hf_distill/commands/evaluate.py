@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--benchmark",
         type=Path,
         default=None,
-        help="benchmark directory (default: $HF_DISTILL_BENCHMARK, else data/offline_benchmark)",
+        help="benchmark directory (default: $HF_DISTILL_BENCHMARK, else data/manydomain)",
     )
     parser.add_argument("--split", default="test", choices=["test", "val"], help="evaluation pairs to score")
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
