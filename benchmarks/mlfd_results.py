@@ -1,189 +1,638 @@
-"""MLFD vs. dataset-specific students trained without distillation, over several seeds (SPEC §4).
+"""MLFD on the many-class benchmark: teachers, joint teachers, dataset-specific students and MLFD students, 3 seeds.
 
-For every seed this runs the library's MLFD stages (:func:`hf_distill.trainers.mlfd_stages.run_mlfd_stages`, the
-stages ``recipes/mlfd.py`` runs; a child process each, several at a time) and reads its ``results.json``. The baseline of a domain is its stage-1 individual teacher: the student's architecture trained
-on the same images with cross-entropy only and the same schedule (the script checks that the teacher and student
-epochs and learning rates are equal, so the two differ only by the distillation). Metrics: top-1 accuracy of the
-classifier head on ``val`` (held-out images of the training classes) and retrieval R@1 on ``test`` (unseen
-classes, the domain's own index). The table (mean ± sample standard deviation over seeds) is printed and
-written to a markdown file together with the command that produced it.
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/mlfd_results.py [--config recipes/configs/mlfd_offline.yaml]
+        [--benchmark data/manydomain] [--seeds 0 1 2] [--jobs 3] [--threads 1] [--unseen typefaces photos]
+        [--work-dir outputs/mlfd_results] [--output docs/results/mlfd.md] [key=value ...]
 
-    python benchmarks/mlfd_results.py --config recipes/configs/mlfd_offline.yaml --seeds 0 1 2 \\
-        --output-dir outputs/mlfd_results --markdown docs/results/mlfd.md
+Every seed runs, in its own process (``--jobs`` at a time), the library's MLFD stages
+(:func:`hf_distill.trainers.mlfd_stages.run_mlfd_stages`, what ``recipes/mlfd.py`` runs) twice:
+
+- ``seed<N>/single``: the recipe config as given (single-level fusion, ``joint_fusion_levels: 0``);
+- ``seed<N>/multi``: the same with ``joint_fusion_levels=1`` (multi-level fusion: two fused maps, the student
+  distils its last two levels). Its ``teachers/`` and ``cache/`` are links to the single-level run's, so the
+  individual teachers and their cached maps are trained and computed once per seed and feed both variants.
+
+Rows, all with the same architectures, input size, schedule and evaluation:
+
+- the starting point: each domain's untrained student (``starting_point`` in ``results.json``, measured before
+  the first step by the trainer's evaluator);
+- the individual teacher of each domain on its own dataset. In MLFD a domain's student has the architecture of
+  that domain's teacher; trained with cross-entropy on the same images with the same schedule (the script
+  refuses a config where ``teacher_*`` and ``student_*`` schedules differ) it *is* the dataset-specific student
+  without distillation, so one training gives both rows of the paper's table;
+- the joint teacher (single- and multi-level fusion): val top-1 of its heads on the cached val maps; test
+  retrieval with its pooled deepest fused map (the frozen teachers run on the test images);
+- the MLFD students (single- and multi-level fusion).
+
+Metrics: top-1 of the classifier head on ``val`` (held-out images of the training classes) and retrieval R@1 /
+mP@5 on ``test`` (unseen classes; each domain against its own index, the ``separate`` protocol: every row is a
+dataset-specific model, so a merged index over domains would mix different embedding spaces). Universality
+check: every exported embedder (and its untrained starting point) is also evaluated on ``--unseen`` domains that
+no MLFD stage trained on. Each seed's record is stored under ``--work-dir`` and reused when the script is
+relaunched with the same settings. Writes ``--output`` (Markdown, summary first), the JSON twin and PNG plots,
+and prints the command and the load average (this runs on a shared machine).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import shlex
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = (("val/top1", "val top-1"), ("test/R@1", "test R@1"))
+VARIANTS = ("single", "multi")
+ROWS = (
+    ("starting_point", "starting point (untrained student)"),
+    ("teacher", "individual teacher = dataset-specific student, no distillation"),
+    ("joint_single", "joint teacher, single-level fusion"),
+    ("joint_multi", "joint teacher, multi-level fusion"),
+    ("student_single", "MLFD student, single-level fusion"),
+    ("student_multi", "MLFD student, multi-level fusion"),
+)
+LABELS = dict(ROWS)
+METRICS = (
+    ("val/top1", "val top-1 (classifier head, held-out images of the training classes)"),
+    ("test/R@1", "test R@1 (unseen classes, separate protocol)"),
+    ("test/mP@5", "test mP@5 (unseen classes, separate protocol)"),
+)
+UNSEEN_ROWS = ("starting_point", "teacher", "student_single", "student_multi")
+SHORT = {
+    "starting_point": "starting point",
+    "teacher": "no-distillation students",
+    "student_single": "MLFD single-level",
+    "student_multi": "MLFD multi-level",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", default=str(ROOT / "recipes" / "configs" / "mlfd_offline.yaml"))
+    parser.add_argument("--config", default="recipes/configs/mlfd_offline.yaml")
+    parser.add_argument("--benchmark", default="data/manydomain")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--output-dir", default="outputs/mlfd_results", help="one sub-folder per seed")
-    parser.add_argument("--markdown", default=None, help="write the table here (e.g. docs/results/mlfd.md)")
-    parser.add_argument("--parallel", type=int, default=1, help="seeds run at the same time")
-    parser.add_argument("--threads", type=int, default=1, help="OMP/torch threads per run")
+    parser.add_argument("--jobs", type=int, default=3, help="seeds run at the same time")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per seed process")
     parser.add_argument(
-        "overrides",
-        nargs="*",
-        help="recipe overrides as key=value (e.g. max_train_samples=500 student_epochs=2)",
+        "--unseen", nargs="+", default=["typefaces", "photos"], help="domains for the universality check"
+    )
+    parser.add_argument("--work-dir", default="outputs/mlfd_results", help="one sub-folder per seed")
+    parser.add_argument("--output", default="docs/results/mlfd.md")
+    parser.add_argument(
+        "overrides", nargs="*", help="stage-argument overrides as key=value (e.g. max_train_samples=500)"
     )
     return parser.parse_args(argv)
 
 
-def _recipe_settings(config: str, overrides: dict[str, str]) -> dict:
+def recipe_settings(config: str, overrides: dict[str, str]) -> dict[str, Any]:
+    """The config's keys with the command-line overrides applied (as the stages will read them)."""
     settings = yaml.safe_load(Path(config).read_text()) or {}
     settings.update({key: yaml.safe_load(value) for key, value in overrides.items()})
     return settings
 
 
-def _check_baseline_is_fair(settings: dict) -> None:
-    # The stage-1 teacher stands for the no-distillation student only when both train the same way.
-    for teacher_key, student_key, default in (
-        ("teacher_epochs", "student_epochs", 3.0),
-        ("teacher_learning_rate", "student_learning_rate", 1e-3),
+def check_baseline_is_fair(settings: dict[str, Any]) -> None:
+    """Refuse a config where the stage-1 teacher would not be the no-distillation student (same schedule)."""
+    for teacher_key, student_key in (
+        ("teacher_epochs", "student_epochs"),
+        ("teacher_learning_rate", "student_learning_rate"),
     ):
-        teacher, student = settings.get(teacher_key, default), settings.get(student_key, default)
-        if float(teacher) != float(student):
-            raise SystemExit(
-                f"{teacher_key}={teacher} differs from {student_key}={student}: the stage-1 teachers would not be "
-                "a fair no-distillation baseline; set them equal"
+        if teacher_key in settings or student_key in settings:
+            if settings.get(teacher_key) != settings.get(student_key):
+                raise SystemExit(
+                    f"{teacher_key}={settings.get(teacher_key)} differs from {student_key}="
+                    f"{settings.get(student_key)}: the individual teachers would not be the no-distillation "
+                    "students; set them equal"
+                )
+
+
+# ------------------------------------------------------------------------------------------- one seed
+
+
+def _stage_arguments(config: str, flags: list[str], benchmark: str, seed: int, output: Path, levels: int):
+    from hf_distill.recipe import parse_recipe_args
+    from hf_distill.trainers.mlfd_stages import MlfdStageArguments
+
+    argv = ["--config", config, *flags, "--benchmark_path", benchmark, "--seed", str(seed)]
+    argv += ["--output_dir", str(output)]
+    if levels:
+        argv += ["--joint_fusion_levels", str(levels)]
+    (args,) = parse_recipe_args([MlfdStageArguments], argv)
+    return args
+
+
+def _joint_teacher_retrieval(args: Any, benchmark: Any, variant_dir: Path) -> dict[str, float]:
+    """Test retrieval of a joint teacher: the frozen teachers' maps of each test image, fused and pooled."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from transformers import AutoModel
+
+    from hf_distill.data import ImageTransform
+    from hf_distill.evaluation import RetrievalEvaluator
+    from hf_distill.teachers.cache import map_column
+    from hf_distill.trainers.mlfd_stages import stage1_teachers, teacher_extractor
+
+    teachers = stage1_teachers(args, benchmark)
+    joint = AutoModel.from_pretrained(variant_dir / "joint_teacher").eval()
+    extract = teacher_extractor(teachers)
+
+    class JointTeacherEmbedder(nn.Module):
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            maps = extract(pixel_values)
+            fused = joint.fuse({name: maps[map_column(name)] for name in joint.config.teacher_names})
+            return F.normalize(fused[-1].mean(dim=(2, 3)), dim=-1)
+
+    # The teachers' input is the un-augmented view their maps were cached from: [0, 1] pixels, each teacher
+    # normalising them its own way.
+    transform = ImageTransform(args.image_size, (0, 0, 0), (1, 1, 1), resize_size=args.image_size)
+    evaluator = RetrievalEvaluator(
+        benchmark,
+        split="test",
+        protocols=("separate",),
+        transform=transform,
+        batch_size=args.eval_batch_size,
+        domains=list(args.domains),
+    )
+    with torch.no_grad():
+        metrics = evaluator(JointTeacherEmbedder())
+    return {
+        f"{domain}/test/{key.split('/')[-1]}": value
+        for domain in args.domains
+        for key, value in metrics.items()
+        if key.startswith(f"separate/{domain}/")
+    }
+
+
+def _unseen_retrieval(args: Any, benchmark: Any, base: Path, unseen: list[str]) -> dict[str, dict]:
+    """Per row and trained domain: retrieval of that domain's exported embedder on the unseen domains."""
+    import torch
+    from transformers import AutoModel
+
+    from hf_distill.evaluation import RetrievalEvaluator
+    from hf_distill.models.mlfd import MlfdClassifierModel
+    from hf_distill.trainers.mlfd_evaluation import eval_transform
+    from hf_distill.trainers.mlfd_stages import classifier_config
+
+    results: dict[str, dict] = {row: {} for row in UNSEEN_ROWS}
+    for index, domain in enumerate(args.domains):
+        # The untrained model exactly as stage 1 builds it (same seed, same config).
+        torch.manual_seed(args.seed)
+        untrained = MlfdClassifierModel(classifier_config(args, index, benchmark.num_classes[domain]))
+        models = {
+            "starting_point": untrained,
+            "teacher": AutoModel.from_pretrained(base / "single" / "teachers" / domain),
+            "student_single": AutoModel.from_pretrained(base / "single" / "students" / domain),
+            "student_multi": AutoModel.from_pretrained(base / "multi" / "students" / domain),
+        }
+        for row, model in models.items():
+            evaluator = RetrievalEvaluator(
+                benchmark,
+                split="test",
+                protocols=("separate",),
+                transform=eval_transform(model.config),
+                batch_size=args.eval_batch_size,
+                domains=unseen,
             )
+            with torch.no_grad():
+                metrics = evaluator(model.export_embedder())
+            results[row][domain] = {key.split("/", 1)[1]: value for key, value in metrics.items()}
+    return results
 
 
-def _run_seed(config: str, seed: int, output: str, overrides: list[str], threads: int) -> None:
-    """One seed, in a child process whose output (logs, warnings) goes to ``<output>/recipe.log``."""
-    log = (Path(output) / "recipe.log").open("w")
-    os.dup2(log.fileno(), 1)
-    os.dup2(log.fileno(), 2)
-    # Imported here, in the child, after OMP_NUM_THREADS is set: the parent only schedules and reads results.
+def run_seed(
+    config: str,
+    flags: list[str],
+    benchmark_path: str,
+    seed: int,
+    work_dir: str,
+    threads: int,
+    unseen: list[str],
+) -> dict[str, Any]:
+    """Both MLFD variants of one seed, the joint teachers' test retrieval and the universality check."""
     import datasets
     import torch
 
     from hf_distill.data import load_domains
-    from hf_distill.recipe import parse_recipe_args, setup_logging
-    from hf_distill.trainers.mlfd_stages import MlfdStageArguments, run_mlfd_stages
+    from hf_distill.recipe import setup_logging
+    from hf_distill.trainers.mlfd_stages import run_mlfd_stages
 
     torch.set_num_threads(threads)
+    base = Path(work_dir) / f"seed{seed}"
+    log = (base / "run.log").open("a")
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
     setup_logging()
     datasets.disable_progress_bars()
-    argv = ["--config", config, "--seed", str(seed), "--output_dir", output, *overrides]
-    (stage_args,) = parse_recipe_args([MlfdStageArguments], argv)
-    run_mlfd_stages(stage_args, load_domains(stage_args.benchmark_path, stage_args.domains))
+    start = time.perf_counter()
+    single = _stage_arguments(config, flags, benchmark_path, seed, base / "single", 0)
+    multi = _stage_arguments(config, flags, benchmark_path, seed, base / "multi", 1)
+    benchmark = load_domains(benchmark_path, [*single.domains, *unseen])
+    record: dict[str, Any] = {"seed": seed, "stages": {}, "joint_test": {}, "seconds": {}}
+    for name, args in (("single", single), ("multi", multi)):
+        folder = Path(args.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        if name == "multi":
+            # Same teachers and caches as the single-level run: only stages 3 and 4 differ.
+            for shared in ("teachers", "cache"):
+                if not (folder / shared).exists():
+                    (folder / shared).symlink_to(Path("..") / "single" / shared)
+        previous = folder / "results.json"
+        # Stages found complete are skipped (and results.json rewritten): keep the time of the run that made them.
+        earlier = json.loads(previous.read_text())["seconds"] if previous.exists() else None
+        record["stages"][name] = run_mlfd_stages(args, benchmark)
+        record["seconds"][f"stages_{name}"] = earlier or record["stages"][name]["seconds"]
+        eval_start = time.perf_counter()
+        record["joint_test"][name] = _joint_teacher_retrieval(args, benchmark, folder)
+        record["seconds"][f"joint_test_{name}"] = round(time.perf_counter() - eval_start, 1)
+    eval_start = time.perf_counter()
+    record["unseen"] = _unseen_retrieval(single, benchmark, base, unseen)
+    record["seconds"]["unseen"] = round(time.perf_counter() - eval_start, 1)
+    record["seconds"]["this_invocation"] = round(time.perf_counter() - start, 1)
+    spent = record["seconds"]
+    record["seconds"]["total"] = round(
+        sum(
+            spent[key]
+            for key in ("stages_single", "stages_multi", "joint_test_single", "joint_test_multi", "unseen")
+        ),
+        1,
+    )
+    record["load"] = os.getloadavg()[0]
+    return record
 
 
-def run_seeds(args: argparse.Namespace, overrides: dict[str, str]) -> dict[int, dict]:
-    """Run the stages once per seed (``args.parallel`` at a time) and return each run's ``results.json``."""
-    os.environ.update(OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
-    context = multiprocessing.get_context("spawn")
-    flags = [part for key, value in overrides.items() for part in (f"--{key}", *value.split())]
-    pending = list(args.seeds)
-    running: dict[int, tuple[multiprocessing.process.BaseProcess, Path]] = {}
-    while pending or running:
-        while pending and len(running) < args.parallel:
-            seed = pending.pop(0)
-            output = Path(args.output_dir) / f"seed{seed}"
-            output.mkdir(parents=True, exist_ok=True)
-            process = context.Process(
-                target=_run_seed, args=(args.config, seed, str(output), flags, args.threads)
-            )
-            process.start()
-            running[seed] = (process, output)
-        time.sleep(2)
-        for seed, (process, output) in list(running.items()):
-            if process.is_alive():
-                continue
-            del running[seed]
-            if process.exitcode != 0:
-                raise SystemExit(f"seed {seed} failed (exit {process.exitcode}); see {output / 'recipe.log'}")
-    return {
-        seed: json.loads((Path(args.output_dir) / f"seed{seed}" / "results.json").read_text())
-        for seed in args.seeds
-    }
+# ---------------------------------------------------------------------------------------------- table
 
 
-def _mean_std(values: list[float]) -> str:
-    mean = statistics.mean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
+def row_value(record: dict[str, Any], row: str, domain: str, metric: str) -> float | None:
+    """One seed's value of ``metric`` for ``row`` on ``domain`` (None where the row has no such metric)."""
+    single, multi = record["stages"]["single"], record["stages"]["multi"]
+    if row == "starting_point":
+        return single["students"][domain]["starting_point"].get(metric)
+    if row == "teacher":
+        return single["teachers"][domain].get(metric)
+    if row.startswith("joint_"):
+        variant = row.removeprefix("joint_")
+        stages = single if variant == "single" else multi
+        if metric == "val/top1":
+            return stages["joint_teacher"][f"{domain}/val/top1"]
+        return record["joint_test"][variant].get(f"{domain}/{metric}")
+    return (single if row == "student_single" else multi)["students"][domain].get(metric)
+
+
+def seed_values(records: list[dict], row: str, domains: list[str], column: str, metric: str) -> list[float]:
+    """Per seed, the value in ``column`` (a domain, or ``mean``: the unweighted mean over ``domains``)."""
+    values = []
+    for record in records:
+        if column == "mean":
+            values.append(statistics.mean(row_value(record, row, domain, metric) for domain in domains))
+        else:
+            values.append(row_value(record, row, column, metric))
+    return values
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def cell(values: list[float]) -> str:
+    mean, std = mean_std(values)
     return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
-def format_table(results: dict[int, dict]) -> str:
-    """Markdown table: per domain and metric, baseline vs. MLFD student (mean ± std over seeds, in %)."""
-    first = next(iter(results.values()))
-    domains = first["arguments"]["domains"]
-    backbones = dict(zip(domains, first["arguments"]["teacher_backbones"]))
+def beyond_noise(a: list[float], b: list[float]) -> bool:
+    """Whether two means differ by more than the sum of their standard deviations (the issue's rule)."""
+    (mean_a, std_a), (mean_b, std_b) = mean_std(a), mean_std(b)
+    return abs(mean_a - mean_b) > std_a + std_b
+
+
+def comparison(a: list[float], b: list[float]) -> str:
+    delta = 100 * (statistics.mean(a) - statistics.mean(b))
+    return f"{delta:+.1f}{'*' if beyond_noise(a, b) else ''}"
+
+
+def main_table(records: list[dict], domains: list[str], metric: str) -> list[str]:
+    lines = ["| row | " + " | ".join(domains) + " | **mean** |", "|---|" + "---:|" * (len(domains) + 1)]
+    for row, label in ROWS:
+        cells = [cell(seed_values(records, row, domains, column, metric)) for column in [*domains, "mean"]]
+        cells[-1] = f"**{cells[-1]}**"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def delta_table(records: list[dict], domains: list[str]) -> list[str]:
+    """MLFD students minus the no-distillation students and minus the starting point (* = beyond noise)."""
     lines = [
-        "| domain (student) | metric | no distillation | MLFD student | Δ (mean) | joint teacher |",
-        "|---|---|---:|---:|---:|---:|",
+        "| MLFD student | vs | metric | " + " | ".join(domains) + " | mean |",
+        "|---|---|---|" + "---:|" * (len(domains) + 1),
     ]
-    for domain in domains:
-        for key, label in METRICS:
-            baseline = [run["teachers"][domain][key] for run in results.values()]
-            student = [run["students"][domain][key] for run in results.values()]
-            delta = 100 * (statistics.mean(student) - statistics.mean(baseline))
-            joint = (
-                _mean_std([run["joint_teacher"][f"{domain}/val/top1"] for run in results.values()])
-                if key == "val/top1"
-                else "–"
+    for student in ("student_single", "student_multi"):
+        for reference in ("teacher", "starting_point"):
+            for metric, _ in METRICS[:2]:
+                cells = [
+                    comparison(
+                        seed_values(records, student, domains, column, metric),
+                        seed_values(records, reference, domains, column, metric),
+                    )
+                    for column in [*domains, "mean"]
+                ]
+                name = "no distillation" if reference == "teacher" else "starting point"
+                lines.append(
+                    f"| {LABELS[student].split(', ')[1]} | {name} | {metric} | " + " | ".join(cells) + " |"
+                )
+    return lines
+
+
+def unseen_values(records: list[dict], row: str, domain: str, unseen: str) -> list[float]:
+    return [record["unseen"][row][domain][f"{unseen}/R@1"] for record in records]
+
+
+def unseen_table(records: list[dict], domains: list[str], unseen: list[str]) -> list[str]:
+    targets = [*unseen, "mean"] if len(unseen) > 1 else unseen
+    columns = [(domain, target) for domain in domains for target in targets]
+    header = " | ".join(f"{domain} → {target}" for domain, target in columns)
+    lines = [f"| exported embedder | {header} |", "|---|" + "---:|" * len(columns)]
+    for row in UNSEEN_ROWS:
+        label = LABELS[row].split(" = ")[0] if row == "teacher" else LABELS[row]
+        if row == "teacher":
+            label = "dataset-specific student, no distillation"
+        cells = [cell(unseen_values(records, row, domain, target)) for domain, target in columns]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def summary(records: list[dict], domains: list[str], unseen: list[str]) -> list[str]:
+    """The lines at the top of the page, computed from the figures (beyond noise = |Δ| > sum of the std)."""
+    lines = []
+    for student in ("student_single", "student_multi"):
+        parts = []
+        for reference in ("teacher", "starting_point"):
+            for metric, metric_name in (("val/top1", "val top-1"), ("test/R@1", "test R@1")):
+                better, worse = [], []
+                for column in [*domains, "mean"]:
+                    ours = seed_values(records, student, domains, column, metric)
+                    theirs = seed_values(records, reference, domains, column, metric)
+                    if beyond_noise(ours, theirs):
+                        (better if statistics.mean(ours) > statistics.mean(theirs) else worse).append(column)
+                delta = comparison(
+                    seed_values(records, student, domains, "mean", metric),
+                    seed_values(records, reference, domains, "mean", metric),
+                )
+                parts.append(
+                    f"vs {SHORT[reference]}, {metric_name} {delta} (mean; better beyond noise: "
+                    f"{', '.join(better) or 'none'}; worse: {', '.join(worse) or 'none'})"
+                )
+        lines.append(f"- **{LABELS[student]}**: " + "; ".join(parts) + ".")
+
+    def unseen_mean(record: dict, row: str) -> float:
+        return statistics.mean(
+            record["unseen"][row][domain][f"{target}/R@1"] for domain in domains for target in unseen
+        )
+
+    parts = []
+    start = [unseen_mean(record, "starting_point") for record in records]
+    for row in ("teacher", "student_single", "student_multi"):
+        values = [unseen_mean(record, row) for record in records]
+        parts.append(f"{SHORT[row]} {comparison(values, start)}")
+    lines.append(
+        f"- **Universality** (R@1 on {', '.join(unseen)}, never trained on; per seed the mean over the students and "
+        "unseen domains, minus the same for the untrained starting points; * = beyond seed noise): "
+        + "; ".join(parts)
+        + "."
+    )
+    return lines
+
+
+def plots(records: list[dict], domains: list[str], unseen: list[str], output: Path) -> list[Path]:
+    """Per-domain bars of val top-1 and test R@1 for every row, and the universality check."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    columns = [*domains, "mean"]
+    figure, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    width = 0.8 / len(ROWS)
+    for axis, (metric, title) in zip(axes, METRICS[:2]):
+        for position, (row, label) in enumerate(ROWS):
+            stats = [mean_std(seed_values(records, row, domains, column, metric)) for column in columns]
+            axis.bar(
+                [index + position * width for index in range(len(columns))],
+                [100 * mean for mean, _ in stats],
+                width,
+                yerr=[100 * std for _, std in stats],
+                label=label,
             )
-            lines.append(
-                f"| {domain} ({backbones[domain]}) | {label} | {_mean_std(baseline)} | {_mean_std(student)} | "
-                f"{delta:+.1f} | {joint} |"
-            )
+        axis.set_xticks([index + 0.4 - width / 2 for index in range(len(columns))])
+        axis.set_xticklabels(columns)
+        axis.set_ylabel("%")
+        axis.set_title(title.split(" (")[0])
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    paths.append(output.with_name(output.stem + "_per_domain.png"))
+    figure.savefig(paths[-1], dpi=110)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(UNSEEN_ROWS)
+    for position, row in enumerate(UNSEEN_ROWS):
+        stats = [
+            mean_std([statistics.mean(r["unseen"][row][domain][f"{t}/R@1"] for t in unseen) for r in records])
+            for domain in domains
+        ]
+        axis.bar(
+            [index + position * width for index in range(len(domains))],
+            [100 * mean for mean, _ in stats],
+            width,
+            yerr=[100 * std for _, std in stats],
+            label=LABELS[row].split(" = ")[0],
+        )
+    axis.set_xticks([index + 0.4 - width / 2 for index in range(len(domains))])
+    axis.set_xticklabels([f"{domain} student" for domain in domains])
+    axis.set_ylabel(f"test R@1 on {', '.join(unseen)} (mean), %")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    paths.append(output.with_name(output.stem + "_universality.png"))
+    figure.savefig(paths[-1], dpi=110)
+    plt.close(figure)
+    return paths
+
+
+def report(results: dict[str, Any], output: Path) -> str:
+    records = [results["records"][str(seed)] for seed in results["seeds"]]
+    arguments = records[0]["stages"]["single"]["arguments"]
+    domains, unseen = arguments["domains"], results["unseen"]
+    backbones = dict(zip(domains, arguments["teacher_backbones"]))
+    plot_paths = plots(records, domains, unseen, output)
+    seconds = [record["seconds"] for record in records]
+    lines = [
+        "# MLFD on the many-class benchmark",
+        "",
+        *summary(records, domains, unseen),
+        "",
+        "Produced by (Δ marked * when |Δ| > the sum of the two standard deviations, the issue's noise rule):",
+        "",
+        "```",
+        results["command"],
+        "```",
+        "",
+        f"Sweep wall time {max(spent['total'] for spent in seconds) / 60:.1f} min on the shared 2-core development "
+        "machine: the seeds ran in parallel and the slowest one took that long (stages + evaluations, Runs table; "
+        f"this invocation of the script: {results['wall_seconds'] / 60:.1f} min). "
+        f"{results['jobs']} seed processes at a time, {results['threads']} thread each; load average "
+        f"{results['load_start']:.1f} at the start, {results['load_end']:.1f} at the end — other engineers' jobs "
+        "shared the cores). Figures in percent, mean ± sample std over seeds "
+        f"{', '.join(map(str, results['seeds']))}.",
+        "",
+        "## Setting",
+        "",
+        f"- benchmark `{arguments['benchmark_path']}`; MLFD datasets: "
+        + ", ".join(f"{domain} (teacher and student `{backbones[domain]}`)" for domain in domains)
+        + ". Three kinds of image — grey photographs of clothing (6 training classes, many images each), "
+        "handwritten digits (6 classes) and national flags (159 classes, about 5 images each) — and mixed "
+        "teacher architectures (a ViT and CNNs), as in the paper; this is the shipped "
+        "`recipes/configs/mlfd_offline.yaml`.",
+        f"- every model from scratch at {arguments['image_size']} px (train: resize {arguments['train_resize_size']}, "
+        f"random crop, flip), on a fixed subset of at most {arguments['max_train_samples']} training images per "
+        f"domain (the same for every seed); teachers and students {arguments['teacher_epochs']:g} epochs, "
+        f"lr {arguments['teacher_learning_rate']:g} cosine, batch {arguments['batch_size']}, AdamW wd "
+        f"{arguments['weight_decay']:g}; joint teacher {arguments['joint_epochs']:g} epochs on the cached "
+        f"last-stage maps (adaptors {arguments['joint_adaptor_channels']}, output {arguments['joint_out_channels']} "
+        f"channels, dropout {arguments['joint_dropout']}); student loss α = {arguments['alpha']}, "
+        f"β = {arguments['beta']}, γ = {arguments['gamma']}, T = {arguments['temperature']}.",
+        "- multi-level fusion: `joint_fusion_levels=1` (a stride-2 3×3 fusion block and a second fused map); the "
+        "student distils its last two feature levels. At 32 px the CNN teachers' last map is 1×1, so the fusion "
+        "grid is 1×1 and the two fused levels differ in depth, not in resolution.",
+        "- the individual teachers (stage 1) and their cached maps (stage 2) are computed once per seed and "
+        "shared by both fusion variants; the no-distillation row is the stage-1 model (see the script's docstring).",
+        "- starting point: the untrained student of each seed, evaluated by the trainer's evaluator before the "
+        "first step (the teacher's untrained model, built from the same seed, has the same backbone).",
+        "- joint teacher rows: val top-1 on the cached val maps; test retrieval with the L2-normalised pooled "
+        "deepest fused map, the frozen individual teachers run on each test image.",
+        "",
+    ]
+    for metric, title in METRICS:
+        lines += [f"## {title}", "", *main_table(records, domains, metric), ""]
+    lines += [
+        "## Differences",
+        "",
+        "MLFD student minus reference, points (* = beyond seed noise).",
+        "",
+        *delta_table(records, domains),
+        "",
+        "## Universality check",
+        "",
+        f"Test R@1 (separate protocol) on domains no MLFD stage trained on ({', '.join(unseen)}), of each "
+        "exported embedder and of its untrained starting point.",
+        "",
+        *unseen_table(records, domains, unseen),
+        "",
+        "## Plots",
+        "",
+        *[f"![{path.stem}]({path.name})" for path in plot_paths],
+        "",
+        "## Runs",
+        "",
+        "| seed | stages, single (s) | stages, multi (s) | joint test eval (s) | universality eval (s) | total (s) | load |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for record, spent in zip(records, seconds):
+        lines.append(
+            f"| {record['seed']} | {spent['stages_single']:.0f} | {spent['stages_multi']:.0f} | "
+            f"{spent['joint_test_single'] + spent['joint_test_multi']:.0f} | {spent['unseen']:.0f} | "
+            f"{spent['total']:.0f} | {record['load']:.1f} |"
+        )
+    lines += [
+        "",
+        "Stage times are those of the run that produced the stage outputs (`seconds` in each variant's "
+        "`results.json`; a relaunch skips finished stages and reuses them, and the single-level stages may have "
+        "been run by `recipes/mlfd.py` with the same settings into the same folders).",
+        "",
+    ]
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = dict(item.split("=", 1) for item in args.overrides)
-    settings = _recipe_settings(args.config, overrides)
-    _check_baseline_is_fair(settings)
-    start = time.perf_counter()
-    results = run_seeds(args, overrides)
-    wall = time.perf_counter() - start
-    table = format_table(results)
-    seconds = [run["seconds"] for run in results.values()]
-    command = "python benchmarks/mlfd_results.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    summary = (
-        f"{len(results)} seeds ({', '.join(map(str, results))}), wall time {wall / 60:.1f} min for the sweep "
-        f"({args.parallel} run(s) at a time, {args.threads} thread(s) each); per run "
-        f"{min(seconds):.0f}–{max(seconds):.0f} s."
-    )
-    print(table)
-    print(summary)
-    if args.markdown:
-        path = Path(args.markdown)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        settings_text = yaml.safe_dump(settings, sort_keys=False).strip()
-        path.write_text(
-            "# MLFD on the offline benchmark\n\n"
-            "Per domain: the dataset-specific student trained without distillation (cross-entropy only; the\n"
-            "stage-1 individual teacher, which has the student's architecture and schedule) vs. the MLFD student\n"
-            "distilled from the joint teacher. Top-1 = classifier head on `val` (held-out images of the training\n"
-            "classes); R@1 = retrieval of unseen classes on `test` (query = index = test, self-match removed).\n"
-            "Mean ± sample standard deviation over seeds, in %. Joint teacher = its top-1 on the cached `val` maps.\n\n"
-            f"{table}\n\n{summary}\n\nCommand:\n\n```\n{command}\n```\n\nRecipe settings:\n\n```yaml\n"
-            f"{settings_text}\n```\n"
+    settings = recipe_settings(args.config, overrides)
+    check_baseline_is_fair(settings)
+    missing = sorted(set(args.unseen) & set(settings.get("domains", [])))
+    if missing:
+        raise SystemExit(
+            f"--unseen {missing} are MLFD training domains; name domains outside {settings['domains']}"
         )
-        print(f"written to {path}")
+    command = "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/mlfd_results.py " + shlex.join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    print(command, flush=True)
+    os.environ.update(OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
+    flags = [part for key, value in overrides.items() for part in (f"--{key}", *value.split())]
+    work = Path(args.work_dir)
+    fingerprint = {"settings": settings, "benchmark": args.benchmark, "unseen": args.unseen}
+    load_start, start = os.getloadavg()[0], time.perf_counter()
+    records: dict[str, dict] = {}
+    pending = []
+    for seed in args.seeds:
+        path = work / f"seed{seed}" / "record.json"
+        if path.exists():
+            stored = json.loads(path.read_text())
+            if stored["fingerprint"] != fingerprint:
+                raise SystemExit(f"{path} was made with other settings; use another --work-dir")
+            records[str(seed)] = stored
+        else:
+            (work / f"seed{seed}").mkdir(parents=True, exist_ok=True)
+            pending.append(seed)
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=get_context("spawn")) as pool:
+        futures = {
+            pool.submit(
+                run_seed, args.config, flags, args.benchmark, seed, args.work_dir, args.threads, args.unseen
+            ): seed
+            for seed in pending
+        }
+        for future in as_completed(futures):
+            seed = futures[future]
+            record = {**future.result(), "fingerprint": fingerprint}
+            (work / f"seed{seed}" / "record.json").write_text(json.dumps(record, indent=1))
+            records[str(seed)] = record
+            print(
+                f"seed {seed} done in {record['seconds']['total']:.0f} s (load {record['load']:.1f})",
+                flush=True,
+            )
+    results = {
+        "command": command,
+        "seeds": args.seeds,
+        "unseen": args.unseen,
+        "jobs": args.jobs,
+        "threads": args.threads,
+        "wall_seconds": time.perf_counter() - start,
+        "load_start": load_start,
+        "load_end": os.getloadavg()[0],
+        "records": records,
+    }
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(report(results, output))
+    output.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    print(output.read_text())
+    print(
+        f"wall {results['wall_seconds'] / 60:.1f} min, load average {load_start:.1f} → {results['load_end']:.1f}"
+    )
+    print(command)
     return 0
 
 
