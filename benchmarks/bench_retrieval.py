@@ -19,7 +19,9 @@ Methods:
   when the matrix does not fit in the available memory.
 
 Prints ``ROW`` lines for ``benchmarks/run_all.py``: library merged / raw ``faiss.knn`` (target <= 1.1) and the
-others against the same limit, with each method's peak memory.
+others against the same limit, with each method's peak memory. The ratios come from one more worker process
+that times the faiss methods in turns (``--rounds`` rounds after a warm-up, medians), since methods timed one
+after the other in separate processes see different machine loads.
 
 Usage: ``python benchmarks/bench_retrieval.py [--queries 10000] [--index-size 200000] [--threads 2]
 [--methods faiss-knn faiss-flatip library-faiss library-separate library-torch naive]``
@@ -37,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from table import emit_row
+from table import emit_row, interleaved_medians
 
 from hf_distill.evaluation.knn import faiss_available
 from hf_distill.evaluation.metrics import RetrievalDomain, evaluate_retrieval, label_matrix, query_metrics
@@ -152,8 +154,31 @@ def raw_faiss(domains: dict[str, RetrievalDomain], method: str, k: int = 5) -> N
         flat.search(queries, k)
 
 
+def interleaved_worker(args: argparse.Namespace) -> None:
+    """Time the faiss methods in turns on the same data; print their median seconds as one JSON line."""
+    import faiss
+
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    domains = make_domains(args)
+
+    def library(protocol: str):
+        return lambda: evaluate_retrieval(domains, protocols=[protocol], backend="faiss")
+
+    functions = {
+        "faiss-knn": lambda: raw_faiss(domains, "faiss-knn"),
+        "faiss-flatip": lambda: raw_faiss(domains, "faiss-flatip"),
+        "library-faiss": library("merged"),
+        "library-separate": library("separate"),
+    }
+    print(json.dumps(interleaved_medians(functions, args.rounds)))
+
+
 def worker(args: argparse.Namespace) -> None:
     """Run one method and print one JSON line of figures."""
+    if args.method == "interleaved":
+        interleaved_worker(args)
+        return
     torch.set_num_threads(args.threads)
     if args.method in FAISS_METHODS:
         import faiss
@@ -198,7 +223,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="rounds of the interleaved timing (after a warm-up)"
+    )
+    parser.add_argument("--method", choices=(*METHODS, "interleaved"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.method is not None:
         worker(args)
@@ -247,6 +275,17 @@ def main() -> None:
     limit = results.get("faiss-knn")
     if limit is None:
         return
+    completed = subprocess.run(
+        [sys.executable, __file__, *worker_argv, "--method", "interleaved"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    medians = json.loads(completed.stdout.strip().splitlines()[-1])
+    print(
+        f"interleaved, median of {args.rounds} rounds (s): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in medians.items())
+    )
     size = f"{args.queries:,} q x {args.index_size:,} x {args.dim}-d"
     labels = {
         "library-faiss": f"retrieval merged, library (faiss), {size}",
@@ -260,13 +299,14 @@ def main() -> None:
             figures = results[method]
             emit_row(
                 label,
-                figures["seconds"],
+                medians.get(method, figures["seconds"]),
                 "raw faiss.knn, BLAS forced",
-                limit["seconds"],
+                medians["faiss-knn"],
                 "s",
                 1.1 if method == "library-faiss" else None,
                 note=f"peak RSS above data: {figures['peak_rss_mib'] - figures['data_rss_mib']:,.0f} MiB "
-                f"(faiss.knn: {limit['peak_rss_mib'] - limit['data_rss_mib']:,.0f} MiB); {args.threads} threads",
+                f"(faiss.knn: {limit['peak_rss_mib'] - limit['data_rss_mib']:,.0f} MiB); {args.threads} threads; "
+                + ("interleaved medians" if method in medians else "separate process"),
             )
 
 
