@@ -17,6 +17,7 @@ from hf_distill.evaluation.starting_point import (
     full_feature_embedder,
 )
 from hf_distill.layers import resolve_backbone_norm, running_stat_modules
+from hf_distill.losses import UdonLoss
 from hf_distill.models.udon import UdonConfig, UdonModel
 from hf_distill.trainers.arguments import UdonTrainingArguments
 from hf_distill.trainers.callbacks import starting_point_from_history
@@ -53,8 +54,8 @@ def single_domain_step(model, domain):
     generator = torch.Generator().manual_seed(domain)
     pixels = torch.randn(8, 3, 32, 32, generator=generator) * (1 + 2 * domain) + 3 * domain
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
-    output = model(pixel_values=pixels, labels=labels, domain_ids=torch.full((8,), domain))
-    output.loss.backward()
+    inputs = {"pixel_values": pixels, "labels": labels, "domain_ids": torch.full((8,), domain)}
+    UdonLoss()(model, inputs)["loss"].backward()
 
 
 def test_auto_resolves_to_frozen_for_pretrained_and_train_from_scratch():
