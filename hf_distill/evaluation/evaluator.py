@@ -5,6 +5,9 @@ separate protocols); ``KNNClassificationEvaluator`` is the k-NN top-1 probe (tra
 split as queries) used by UNIC and MLFD. Both put the model in eval mode while embedding and then restore
 every sub-module's own train/eval flag, so a frozen teacher kept in eval mode inside a training model stays
 in eval mode.
+
+Length: the retrieval and the k-NN evaluators share the embedding loop, the result writer and the domain
+selection, so they stay in one module (about 420 lines).
 """
 
 from __future__ import annotations

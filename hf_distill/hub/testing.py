@@ -13,6 +13,9 @@ import time. Two ways to point a client at the server:
   restores them afterwards.
 
 It is a test double for the Hub's HTTP protocol (no LFS/Xet, no pull requests, one ``main`` branch).
+
+Length: one HTTP handler implementing every Hub route the real client calls; splitting the routes would
+scatter one protocol over several files (about 500 lines).
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ with their grid. For a ViT these are the final-normed CLS token and the patch to
 pooled feature and the positions of the last feature map. Each teacher also carries its own preprocessing
 (input size, mean, std), applied by `FrozenTeacher.prepare` to images in ``[0, 1]`` so that several teachers
 can look at the same augmented view.
+
+Length: one loader per teacher source (timm, transformers, local file, offline weights, hf_distill models)
+behind one ``FrozenTeacher`` interface; they share the preprocessing and error helpers (about 500 lines).
 """
 
 from __future__ import annotations
