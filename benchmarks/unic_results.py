@@ -1,7 +1,7 @@
 """UNIC ablations on the many-class benchmark: the frozen teachers, the untrained student and four students.
 
     HF_HUB_OFFLINE=1 python benchmarks/unic_results.py [--benchmark data/manydomain] [--seeds 0 1 2]
-        [--steps 200] [--batch-size 64] [--max-train-per-domain 500] [--jobs 2] [--threads 1]
+        [--steps 80] [--batch-size 64] [--max-train-per-domain 500] [--jobs 2] [--threads 1]
         [--work-dir outputs/unic_results] [--output docs/results/unic.md]
 
 Built from the library's pieces (no recipe): the offline teachers (EfficientNet-Lite0 and MobileNetV2, fed the
@@ -81,11 +81,31 @@ METRICS = (
     ("knn", "top1", "k-NN top-1 (k = 20, val queries, train index of the val classes)"),
 )
 PRIMARY = "merged/mean/R@1"
+# The settings each stored part depends on (the training runs depend on all of them).
+STORED_BY = {
+    "evaluation": (
+        "benchmark",
+        "teachers",
+        "teacher_image_size",
+        "student_backbone",
+        "student_kwargs",
+        "image_size",
+        "knn_index_per_domain",
+    ),
+    "cache": (
+        "benchmark",
+        "teachers",
+        "teacher_image_size",
+        "image_size",
+        "max_train_per_domain",
+        "train_scale_min",
+    ),
+}
 
 
 @dataclass
 class Settings:
-    """Everything a run depends on (its fingerprint names the stored results).
+    """Everything a run depends on (see :meth:`directory` for where results are stored).
 
     Args:
         benchmark: benchmark directory.
@@ -109,7 +129,7 @@ class Settings:
     )
     image_size: int = 32
     max_train_per_domain: int = 500
-    steps: int = 200
+    steps: int = 80
     batch_size: int = 64
     learning_rate: float = 1e-3
     warmup_steps: int = 20
@@ -119,9 +139,15 @@ class Settings:
     knn_index_per_domain: int = 500
     eval_batch_size: int = 256
 
-    def fingerprint(self, *parts: str) -> str:
-        text = json.dumps([asdict(self), *parts], sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+    def directory(self, root: str | Path, part: str) -> Path:
+        """Where ``part`` (``evaluation``, ``cache`` or ``training``) is stored, named by the settings it depends
+        on: teachers and starting points do not change with the training settings, nor the cache with the steps.
+        """
+        values = asdict(self)
+        if part != "training":
+            values = {name: values[name] for name in STORED_BY[part]}
+        key = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+        return Path(root) / f"{part}-{key}"
 
 
 # --------------------------------------------------------------------------------------------- pieces
@@ -267,18 +293,18 @@ def student_config(settings: Settings, teachers: Any, ladder_blocks: list[int] |
     )
 
 
-def feature_cache(settings: Settings, teachers: Any, images: datasets.Dataset, cache_dir: Path):
+def feature_cache(settings: Settings, teachers: Any, images: datasets.Dataset, root: str | Path):
     """The teachers' targets on one augmented view of every training image, built once (seed 0)."""
     transform = unic_train_transform(settings.image_size, settings.train_scale_min)
     cache = build_unic_feature_cache(
         teachers,
         images,
         transform,
-        cache_dir,
+        settings.directory(root, "cache"),
         views=1,
         seed=0,
         batch_size=settings.eval_batch_size,
-        dataset_id=settings.fingerprint("cache"),
+        dataset_id=settings.directory(root, "cache").name,
     )
     return cache, transform
 
@@ -289,7 +315,7 @@ def feature_cache(settings: Settings, teachers: Any, images: datasets.Dataset, c
 def run_teachers(settings: Settings, work_dir: str, threads: int) -> dict[str, Any]:
     """Each frozen teacher alone, on the student's view resized to its input size (the targets' input)."""
     torch.set_num_threads(threads)
-    benchmark = evaluation_benchmark(settings, Path(work_dir) / "evaluation_images")
+    benchmark = evaluation_benchmark(settings, settings.directory(work_dir, "evaluation") / "images")
     start = time.perf_counter()
     results = {}
     for name, teacher in load_teachers(teacher_specs(settings)).items():
@@ -311,9 +337,9 @@ def run_student(settings: Settings, variant: str, seed: int, work_dir: str, thre
     record: dict[str, Any] = {"variant": variant, "seed": seed}
     if variant != "starting_point":
         images = training_images(benchmark, settings)
-        cache, transform = feature_cache(settings, teachers, images, Path(work_dir) / "cache")
+        cache, transform = feature_cache(settings, teachers, images, work_dir)
         args = UnicTrainingArguments(
-            output_dir=str(Path(work_dir) / "runs" / f"{variant}_seed{seed}"),
+            output_dir=str(settings.directory(work_dir, "training") / f"{variant}_seed{seed}"),
             max_steps=settings.steps,
             per_device_train_batch_size=settings.batch_size,
             learning_rate=settings.learning_rate,
@@ -349,7 +375,9 @@ def run_student(settings: Settings, variant: str, seed: int, work_dir: str, thre
         record["steps"] = trainer.state.global_step
     embedder = NormalizedEmbedder(model.export_embedder())
     record["metrics"] = evaluate(
-        embedder, evaluation_benchmark(settings, Path(work_dir) / "evaluation_images"), settings
+        embedder,
+        evaluation_benchmark(settings, settings.directory(work_dir, "evaluation") / "images"),
+        settings,
     )
     record["seconds"] = time.perf_counter() - start
     record["load"] = os.getloadavg()[0]
@@ -622,7 +650,7 @@ def main() -> None:
         raise SystemExit(
             f"benchmark directory '{settings.benchmark}' does not exist (build it with `make data`)"
         )
-    work_dir = Path(args.work_dir) / settings.fingerprint()
+    work_dir = Path(args.work_dir)
     load_start, start = os.getloadavg()[0], time.perf_counter()
     print(f"load average {load_start:.1f}; results under {work_dir}", flush=True)
 
@@ -630,8 +658,8 @@ def main() -> None:
     torch.set_num_threads(max(args.threads * args.jobs, 1))
     benchmark = load_benchmark(settings.benchmark)
     teachers = load_teachers(teacher_specs(settings))
-    feature_cache(settings, teachers, training_images(benchmark, settings), work_dir / "cache")
-    evaluation_benchmark(settings, work_dir / "evaluation_images")
+    feature_cache(settings, teachers, training_images(benchmark, settings), work_dir)
+    evaluation_benchmark(settings, settings.directory(work_dir, "evaluation") / "images")
     print(f"feature cache and evaluation images ready ({time.perf_counter() - start:.0f} s)", flush=True)
 
     jobs = [("teachers", None)] + [
@@ -648,7 +676,11 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
         futures = {}
         for variant, seed in jobs:
-            path = work_dir / ("teachers.json" if seed is None else f"{variant}_seed{seed}.json")
+            if seed is None or variant == "starting_point":
+                name = "teachers.json" if seed is None else f"{variant}_seed{seed}.json"
+                path = settings.directory(work_dir, "evaluation") / name
+            else:
+                path = settings.directory(work_dir, "training") / f"{variant}_seed{seed}.json"
             if seed is None:
                 future = pool.submit(_stored, path, run_teachers, settings, str(work_dir), args.threads)
             else:
