@@ -437,12 +437,15 @@ def summary(results: dict[str, Any]) -> list[str]:
     parts = []
     for key, name in keys:
         gain = 100 * (statistics.mean(_values(allon, key)) - statistics.mean(_values(start, key)))
-        verdict = (
-            "beyond seed noise" if significant(_values(allon, key), _values(start, key)) else "within noise"
-        )
+        if significant(_values(allon, key), _values(start, key)):
+            verdict = ("above" if gain > 0 else "below") + " it beyond seed noise"
+        else:
+            verdict = "within seed noise"
         parts.append(f"{name} {gain:+.1f} points ({verdict})")
     lines.append(
-        "- **Starting point**: the full UNIC student vs its untrained self: " + "; ".join(parts) + "."
+        "- **Starting point**: the full UNIC student minus its untrained self (mean over domains): "
+        + "; ".join(parts)
+        + "."
     )
     teachers = results["teachers"]["metrics"]
     parts = []
@@ -547,6 +550,7 @@ def report(results: dict[str, Any], output: Path) -> str:
     rows = _rows(results)
     plot_paths = plots(results, domains, output)
     seeds = results["seeds"]
+    reused = results.get("reused", [])
     lines = [
         "# UNIC ablations on the many-class benchmark",
         "",
@@ -558,10 +562,18 @@ def report(results: dict[str, Any], output: Path) -> str:
         results["command"],
         "```",
         "",
-        f"Wall time {results['wall_seconds'] / 60:.1f} min on the shared 2-core development machine (load average "
-        f"{results['load_start']:.1f} at the start, {results['load_end']:.1f} at the end; other engineers' jobs "
-        "shared the cores). Figures in percent; students: mean ± std over seeds "
-        f"{', '.join(map(str, seeds))}; teachers are deterministic (one evaluation).",
+        f"Wall time {results['wall_seconds'] / 60:.1f} min on the shared 2-core development machine, two runs at a "
+        f"time with one thread each (load average {results['load_start']:.1f} at the start, "
+        f"{results['load_end']:.1f} at the end: other engineers' jobs shared the two cores; the time of each run is "
+        "in the last table)."
+        + (
+            f" Reused from an earlier invocation with the same evaluation settings: {', '.join(reused)} "
+            "(their times are not in the wall time above)."
+            if reused
+            else ""
+        )
+        + f" Figures in percent; students: mean ± std over seeds {', '.join(map(str, seeds))}; teachers are "
+        "deterministic (one evaluation).",
         "",
         "## Setting",
         "",
@@ -600,6 +612,8 @@ def report(results: dict[str, Any], output: Path) -> str:
         "| row | seed | steps | first → last logged loss | train s | total s | load |",
     ]
     lines.append("|---|---:|---:|---|---:|---:|---:|")
+    teachers = results["teachers"]
+    lines.append(f"| teachers (both) | — | 0 | — | 0 | {teachers['seconds']:.0f} | {teachers['load']:.1f} |")
     for variant in ["starting_point", *VARIANTS]:
         for run in results["students"].get(variant, []):
             loss = run.get("loss_first_last")
@@ -636,7 +650,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--work-dir", default="outputs/unic_results")
     parser.add_argument("--output", default="docs/results/unic.md")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="re-render the page and plots from the JSON next to --output (nothing is run)",
+    )
     args = parser.parse_args()
+    if args.report_only:
+        write_outputs(json.loads(Path(args.output).with_suffix(".json").read_text()), Path(args.output))
+        print(Path(args.output).read_text())
+        return
     command = "HF_HUB_OFFLINE=1 python " + " ".join(shlex.quote(part) for part in sys.argv)
     print(command, flush=True)
     settings = Settings(
@@ -672,6 +695,7 @@ def main() -> None:
         "domains": list(benchmark.domains),
         "command": command,
         "load_start": load_start,
+        "reused": [],
     }
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
         futures = {}
@@ -681,6 +705,8 @@ def main() -> None:
                 path = settings.directory(work_dir, "evaluation") / name
             else:
                 path = settings.directory(work_dir, "training") / f"{variant}_seed{seed}.json"
+            if path.exists():
+                results["reused"].append("teachers" if seed is None else f"{variant} seed {seed}")
             if seed is None:
                 future = pool.submit(_stored, path, run_teachers, settings, str(work_dir), args.threads)
             else:
