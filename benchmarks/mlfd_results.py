@@ -89,6 +89,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", default="outputs/mlfd_results", help="one sub-folder per seed")
     parser.add_argument("--output", default="docs/results/mlfd.md")
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite --output and its plots from its JSON twin (no run; the recorded command is kept)",
+    )
+    parser.add_argument(
         "overrides", nargs="*", help="stage-argument overrides as key=value (e.g. max_train_samples=500)"
     )
     return parser.parse_args(argv)
@@ -487,11 +492,12 @@ def report(results: dict[str, Any], output: Path) -> str:
         results["command"],
         "```",
         "",
-        f"Sweep wall time {max(spent['total'] for spent in seconds) / 60:.1f} min on the shared 2-core development "
-        "machine: the seeds ran in parallel and the slowest one took that long (stages + evaluations, Runs table; "
-        f"this invocation of the script: {results['wall_seconds'] / 60:.1f} min). "
+        "On the shared 2-core development machine, seeds in parallel; per seed the time of every stage and "
+        f"evaluation is in the Runs table (their sum, {max(spent['total'] for spent in seconds) / 60:.1f} min for "
+        "the slowest seed, is the sweep's wall time when the two fusion variants run one after the other, as this "
+        f"script runs them). This invocation of the script took {results['wall_seconds'] / 60:.1f} min with "
         f"{results['jobs']} seed processes at a time, {results['threads']} thread each; load average "
-        f"{results['load_start']:.1f} at the start, {results['load_end']:.1f} at the end — other engineers' jobs "
+        f"{results['load_start']:.1f} at its start, {results['load_end']:.1f} at its end (other engineers' jobs "
         "shared the cores). Figures in percent, mean ± sample std over seeds "
         f"{', '.join(map(str, results['seeds']))}.",
         "",
@@ -568,6 +574,11 @@ def report(results: dict[str, Any], output: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    output = Path(args.output)
+    if args.report_only:
+        output.write_text(report(json.loads(output.with_suffix(".json").read_text()), output))
+        print(f"rewrote {output} from {output.with_suffix('.json')}")
+        return 0
     overrides = dict(item.split("=", 1) for item in args.overrides)
     settings = recipe_settings(args.config, overrides)
     check_baseline_is_fair(settings)
@@ -624,7 +635,6 @@ def main(argv: list[str] | None = None) -> int:
         "load_end": os.getloadavg()[0],
         "records": records,
     }
-    output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(report(results, output))
     output.with_suffix(".json").write_text(json.dumps(results, indent=1))
