@@ -199,7 +199,7 @@ class DistillationTrainer(Trainer):
                 )
         self.domain_names = list(domain_names) if domain_names is not None else None
         self._checkpoint_states: dict[str, Stateful] = {}
-        self._component_sums: dict[str, float] = {}
+        self._component_sums: dict[str, torch.Tensor | float] = {}
         self._component_counts: dict[str, int] = {}
         self._last_eval_metrics: dict[str, float] = {}
         self._run_summary: dict[str, Any] = {}
@@ -265,9 +265,10 @@ class DistillationTrainer(Trainer):
             for name, value in losses.items():
                 if name == "loss":
                     continue
-                value = value.detach().float()
-                # Components may be 0-d tensors or Python numbers (e.g. sampling probabilities).
-                self._component_sums[name] = self._component_sums.get(name, 0.0) + float(value)
+                # Summed as tensors on the device and read once per logging window: a float() per component
+                # and step would wait for the accelerator at every step.
+                value = torch.as_tensor(value).detach().float()
+                self._component_sums[name] = self._component_sums.get(name, 0.0) + value
                 self._component_counts[name] = self._component_counts.get(name, 0) + 1
         return (loss, losses) if return_outputs else loss
 
@@ -301,7 +302,8 @@ class DistillationTrainer(Trainer):
         super().log(logs, start_time)
 
     def _reduce_components(self) -> dict[str, float]:
-        sums, counts = self._component_sums, self._component_counts
+        sums = {name: float(value) for name, value in self._component_sums.items()}
+        counts = self._component_counts
         self._component_sums, self._component_counts = {}, {}
         if self.accelerator.num_processes > 1:
             # Objects rather than tensors: ranks may not have seen the same component names in the window.
