@@ -362,6 +362,8 @@ def write_report(results: dict, report: Path) -> None:
     seeds = setup["seeds"]
     lines = ["# UDON on the many-class benchmark (`data/manydomain`), 3 seeds", ""]
     lines += ["## Summary", "", *summary_lines(results), ""]
+    if results.get("findings"):
+        lines += ["## What was found", "", *(f"- {finding}" for finding in results["findings"]), ""]
     lines += [
         "**Setting.** Every row trains on *cached frozen-backbone features*: EfficientNet-Lite0 (offline ImageNet "
         f"weights) at {setup['image_size']} px, 1280-d pooled features computed once "
@@ -378,7 +380,8 @@ def write_report(results: dict, report: Path) -> None:
         f"`UdonTrainer`; AdamW, head lr {setup['learning_rate']:g} constant, adapter lr × "
         f"{setup['backbone_lr_ratio']:g}, adapter frozen for the first {setup['frozen_epochs']:g} epoch(s) "
         f"({setup['frozen_steps']} steps), weight decay 1e-6; dynamic-sampling window {setup['update_every']} "
-        f"batches; seeds {', '.join(map(str, seeds))} (mean ± sample std). **Model selection: none** — the "
+        f"batches; seeds {', '.join(map(str, seeds))} (mean ± sample std; the starting-point rows are one "
+        "deterministic evaluation, hence ± 0.0). **Model selection: none** — the "
         "model after the last step is evaluated. Evaluation: test split (unseen classes), query = index with "
         "the query removed, `hf_distill.evaluation.metrics.evaluate_retrieval`, unweighted mean over domains. "
         f"The naive baseline's specialists train {setup['specialist_steps']} steps each on their own domain "
