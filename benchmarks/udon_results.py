@@ -314,7 +314,7 @@ def plot_results(results: dict, domains: list[str], path: Path) -> None:
 
     rows = [row for row in [*STARTING_ROWS, *TRAINED_ROWS] if row in results["rows"]]
     names = [*domains, "mean"]
-    figure, axis = plt.subplots(figsize=(13, 4.2))
+    figure, axis = plt.subplots(figsize=(13, 5.2))
     width = 0.8 / len(rows)
     for i, row in enumerate(rows):
         means, stds = zip(*(stats(row_values(results, row, f"merged/{d}/R@1")) for d in names))
@@ -323,7 +323,7 @@ def plot_results(results: dict, domains: list[str], path: Path) -> None:
     axis.set_xticks(np.arange(len(names)), names)
     axis.set_ylabel("merged test R@1 (%)")
     axis.set_title("UDON table: merged R@1 per domain, mean ± std over seeds (cached Lite0 features)")
-    axis.legend(fontsize="x-small", ncol=3)
+    axis.legend(fontsize="x-small", ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.08))
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
