@@ -145,3 +145,28 @@ def test_custom_sampler_loader_keeps_every_column_whatever_remove_unused_columns
     )
     trainer.train()
     assert trainer.state.global_step == 2
+
+
+class _Uniform(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.rand(())
+
+
+def test_persistent_workers_follow_the_epoch():
+    # Persistent workers keep their copy of the dataset: the epoch must reach them, or every epoch repeats the
+    # first epoch's augmentation.
+    from hf_distill.trainers.base import SeededAugmentationDataset
+
+    dataset = SeededAugmentationDataset(_Uniform(), seed=0)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2, persistent_workers=True)
+    dataset.set_epoch(0)
+    first = next(iter(loader))
+    dataset.set_epoch(1)
+    second = next(iter(loader))
+    dataset.set_epoch(0)
+    again = next(iter(loader))
+    assert not torch.equal(first, second)
+    torch.testing.assert_close(first, again, rtol=0, atol=0)

@@ -129,7 +129,14 @@ class SeededAugmentationDataset(Dataset):
     def __init__(self, dataset: Any, seed: int) -> None:
         self.dataset = dataset
         self.seed = int(seed)
-        self.epoch = 0
+        # In shared memory: persistent data-loader workers keep their copy of the dataset across epochs, and
+        # must still see the epoch the main process sets.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch mixed into the seeds."""
+        return int(self._epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -140,7 +147,7 @@ class SeededAugmentationDataset(Dataset):
         Args:
             epoch: zero-based epoch index.
         """
-        self.epoch = int(epoch)
+        self._epoch.fill_(int(epoch))
 
     def example_seed(self, index: int) -> int:
         """The augmentation seed of example ``index`` in the current epoch.
