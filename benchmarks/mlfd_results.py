@@ -465,8 +465,8 @@ def plots(records: list[dict], domains: list[str], unseen: list[str], output: Pa
         axis.set_xticklabels(columns)
         axis.set_ylabel("%")
         axis.set_title(title.split(" (")[0])
-    axes[0].legend(fontsize=7)
-    figure.tight_layout()
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
     paths.append(output.with_name(output.stem + "_per_domain.png"))
     figure.savefig(paths[-1], dpi=110)
     plt.close(figure)
@@ -483,7 +483,7 @@ def plots(records: list[dict], domains: list[str], unseen: list[str], output: Pa
             [100 * mean for mean, _ in stats],
             width,
             yerr=[100 * std for _, std in stats],
-            label=LABELS[row].split(" = ")[0],
+            label=SHORT[row],
         )
     axis.set_xticks([index + 0.4 - width / 2 for index in range(len(domains))])
     axis.set_xticklabels([f"{domain} student" for domain in domains])
@@ -516,8 +516,8 @@ def report(results: dict[str, Any], output: Path) -> str:
         "",
         "On the shared 2-core development machine, seeds in parallel; per seed the time of every stage and "
         f"evaluation is in the Runs table (their sum, {max(spent['total'] for spent in seconds) / 60:.1f} min for "
-        "the slowest seed, is the sweep's wall time when the two fusion variants run one after the other, as this "
-        f"script runs them). This invocation of the script took {results['wall_seconds'] / 60:.1f} min with "
+        "the slowest seed, is about the sweep's wall time when the two fusion variants run one after the other, as "
+        f"this script runs them; less where they overlapped). This invocation of the script took {results['wall_seconds'] / 60:.1f} min with "
         f"{results['jobs']} seed processes at a time, {results['threads']} thread each; load average "
         f"{results['load_start']:.1f} at its start, {results['load_end']:.1f} at its end (other engineers' jobs "
         "shared the cores). Figures in percent, mean ± sample std over seeds "
