@@ -15,6 +15,7 @@ from hf_distill.evaluation.starting_point import (
     evaluate_starting_point,
     fit_pca_head,
     full_feature_embedder,
+    pca_embedder,
 )
 from hf_distill.layers import resolve_backbone_norm, running_stat_modules
 from hf_distill.losses import UdonLoss
@@ -223,3 +224,13 @@ def test_short_pretrained_run_ends_above_its_starting_point(tmp_path, tiny_bench
     final = [entry for entry in trainer.state.log_history if "eval_merged/mean/R@1" in entry][-1]
     assert final["step"] == 36
     assert final["eval_merged/mean/R@1"] >= start, (start, final["eval_merged/mean/R@1"])
+
+
+def test_starting_point_pca_shrinks_to_the_fitting_images_with_a_warning(tiny_benchmark, caplog):
+    torch.manual_seed(0)
+    embedder = cnn_udon(domains=["photos"], num_classes=[120]).export_embedder()
+    fit = tiny_benchmark.domains["photos"]["train"].select(range(10)).select_columns(["image"])
+    with caplog.at_level("WARNING"):
+        model = pca_embedder(embedder, fit, dim=64)
+    assert model.config.embed_dim == 10
+    assert "needs at least 64 fitting images" in caplog.text

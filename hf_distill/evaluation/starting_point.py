@@ -80,7 +80,8 @@ def fit_pca_head(features: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.
 
 
 def pca_embedder(embedder: Any, fit_dataset: Any, dim: int = 64, batch_size: int = 256) -> Any:
-    """``embedder``'s backbone followed by a PCA to ``dim`` dimensions of its L2-normalised features.
+    """``embedder``'s backbone followed by a PCA to ``dim`` dimensions of its L2-normalised features (fewer, with a
+    warning, when there are fewer fitting images or features than ``dim``).
 
     Args:
         embedder: a ``UniversalEmbedderModel``.
@@ -88,9 +89,20 @@ def pca_embedder(embedder: Any, fit_dataset: Any, dim: int = 64, batch_size: int
         dim: output width.
         batch_size: images per forward pass while fitting.
     """
-    model = _embedder_with_head(embedder, dim, feature_norm=True)
     full = full_feature_embedder(embedder)
     features = embed_dataset(full, fit_dataset, default_transform(full), batch_size)
+    if dim > min(features.shape):
+        logger.warning(
+            "starting point: a PCA to %d dimensions needs at least %d fitting images and features; fitting %d "
+            "dimensions on the %d images and %d features available",
+            dim,
+            dim,
+            min(features.shape),
+            features.shape[0],
+            features.shape[1],
+        )
+        dim = min(features.shape)
+    model = _embedder_with_head(embedder, dim, feature_norm=True)
     weight, bias = fit_pca_head(features, dim)
     with torch.no_grad():
         model.head.weight.copy_(weight)
@@ -131,7 +143,8 @@ def starting_point_embedders(
         seed: seed of that sample.
     """
     fit = training_sample(benchmark, max_fit_images, seed)
-    return {"full": full_feature_embedder(embedder), f"pca{pca_dim}": pca_embedder(embedder, fit, pca_dim)}
+    pca = pca_embedder(embedder, fit, pca_dim)
+    return {"full": full_feature_embedder(embedder), f"pca{pca.config.embed_dim}": pca}
 
 
 def evaluate_starting_point(
