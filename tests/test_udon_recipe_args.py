@@ -43,7 +43,7 @@ def test_yaml_values_and_command_line_overrides(tmp_path):
 
 
 def test_shipped_configs_parse():
-    for name in ("udon_offline.yaml", "udon_results.yaml", "udon_uned_vitb16_clip.yaml"):
+    for name in ("udon_offline.yaml", "udon_uned_vitb16_clip.yaml"):
         recipe, args = parse_recipe_args(
             (UdonRecipeArguments, UdonTrainingArguments),
             ["--config", str(REPO / "recipes" / "configs" / name)],
