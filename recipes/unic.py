@@ -11,7 +11,6 @@ the teachers run at every step on freshly augmented views. The shared steps are 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -24,14 +23,12 @@ from hf_distill.evaluation import KNNClassificationEvaluator
 from hf_distill.losses import UnicLoss
 from hf_distill.models.unic import UnicStudentConfig, UnicStudentModel
 from hf_distill.recipe import Recipe, RecipeArguments
-from hf_distill.teachers import TeacherSpec, hf_distill_cache_dir, load_teachers
+from hf_distill.teachers import TeacherSpec, load_teachers
 from hf_distill.trainers.unic import (
-    CachedViewDataset,
     OnlineImageDataset,
     UnicTrainer,
-    build_unic_feature_cache,
+    cached_training_set,
     teacher_shapes,
-    unic_cache_spec,
     unic_train_transform,
 )
 
@@ -162,34 +159,20 @@ class UnicRecipe(Recipe):
         transform = unic_train_transform(recipe.image_size, recipe.train_scale_min, recipe.color_jitter)
         if not recipe.use_feature_cache:
             return OnlineImageDataset(images, transform), self.teachers
-        dataset_id = json.dumps(
-            {
-                "benchmark": str(self.benchmark.path) if recipe.train_dataset is None else None,
-                "train_dataset": recipe.train_dataset,
-                "domains": list(self.benchmark.domains),
-                "max_train_per_domain": recipe.max_train_per_domain,
-                "subset_seed": recipe.subset_seed if recipe.max_train_per_domain is not None else None,
-                "fingerprint": images._fingerprint,
-            },
-            sort_keys=True,
-        )
-        spec = unic_cache_spec(self.teachers, transform, recipe.cache_views, dataset_id, recipe.cache_dtype)
-        cache_dir = recipe.cache_dir or str(hf_distill_cache_dir() / "unic_features" / spec.fingerprint())
+        source = {
+            "benchmark": str(self.benchmark.path) if recipe.train_dataset is None else None,
+            "train_dataset": recipe.train_dataset,
+            "domains": list(self.benchmark.domains),
+            "max_train_per_domain": recipe.max_train_per_domain,
+            "subset_seed": recipe.subset_seed if recipe.max_train_per_domain is not None else None,
+        }
         # The main process builds the cache; the others wait, then open the same files.
         with self.args.main_process_first(desc="UNIC feature cache"):
-            cache = build_unic_feature_cache(
-                self.teachers,
-                images,
-                transform,
-                cache_dir,
-                views=recipe.cache_views,
-                seed=recipe.cache_seed,
-                batch_size=recipe.eval_batch_size,
-                dataset_id=dataset_id,
-                dtype=recipe.cache_dtype,
-            )
-        logger.info("training on %d cached views from %s", len(cache), cache_dir)
-        return CachedViewDataset(cache, images, transform, recipe.cache_seed), None
+            dataset = cached_training_set(
+                self.teachers, images, transform, source, recipe.cache_views, recipe.cache_seed,
+                recipe.cache_dtype, recipe.cache_dir, batch_size=recipe.eval_batch_size,
+            )  # fmt: skip
+        return dataset, None
 
     def evaluate(self, embedder) -> dict[str, float]:
         """Test retrieval (merged and separate) and the k-NN probe (train index, val queries)."""

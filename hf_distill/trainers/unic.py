@@ -13,6 +13,7 @@ trainer normalises them for the student, and each teacher resizes and normalises
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CachedViewDataset",
+    "cached_training_set",
     "OnlineImageDataset",
     "UnicTrainer",
     "build_unic_feature_cache",
@@ -293,6 +295,45 @@ def build_unic_feature_cache(
         }
 
     return build_feature_cache(dataset, extract, transform, spec, cache_dir, batch_size, seed, dtype=dtype)
+
+
+def cached_training_set(
+    teachers: nn.ModuleDict,
+    images: datasets.Dataset,
+    transform: Callable[[Any], torch.Tensor],
+    source: dict[str, Any],
+    views: int = 1,
+    seed: int = 0,
+    dtype: str = "float16",
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 128,
+) -> CachedViewDataset:
+    """The student's training set from the feature cache: cached teacher targets next to the same views.
+
+    The cache lives in ``cache_dir`` (default ``$HF_DISTILL_CACHE/unic_features/<spec fingerprint>``) and is built
+    on first use; its spec records the teachers, the view transform, the number of views, the dtype and where the
+    images come from (``source`` plus the images' fingerprint), so a different setting never reads a stale cache.
+
+    Args:
+        teachers: the frozen teachers by name.
+        images: the training images (column ``image``).
+        transform: the view transform (image → ``[0, 1]`` tensor).
+        source: JSON-serialisable description of where ``images`` come from (benchmark, domains, subset).
+        views / seed / dtype: cached views per image, their seed, the storage dtype.
+        cache_dir: where the cache goes.
+        batch_size: images per teacher forward while building.
+    """
+    from hf_distill.teachers import hf_distill_cache_dir
+
+    dataset_id = json.dumps({**source, "fingerprint": images._fingerprint}, sort_keys=True)
+    spec = unic_cache_spec(teachers, transform, views, dataset_id, dtype)
+    cache_dir = cache_dir or str(hf_distill_cache_dir() / "unic_features" / spec.fingerprint())
+    cache = build_unic_feature_cache(
+        teachers, images, transform, cache_dir, views=views, seed=seed, batch_size=batch_size,
+        dataset_id=dataset_id, dtype=dtype,
+    )  # fmt: skip
+    logger.info("training on %d cached views from %s", len(cache), cache_dir)
+    return CachedViewDataset(cache, images, transform, seed)
 
 
 def teacher_shapes(teachers: dict[str, FrozenTeacher]) -> dict[str, dict[str, Any]]:
