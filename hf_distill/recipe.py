@@ -238,7 +238,7 @@ class Recipe:
             method=self.method,
             repo_id=self.args.hub_model_id,
             base_model=self.recipe.base_model,
-            domains=list(self.benchmark.domains),
+            domains=list(self.benchmark.domains) if self.benchmark is not None else [],
             validation_split="val",
         )
 
@@ -250,6 +250,8 @@ class Recipe:
         """
         from hf_distill.evaluation import RetrievalEvaluator
 
+        if self.benchmark is None or "test" not in self.benchmark.eval_pairs:
+            return {}
         evaluator = RetrievalEvaluator(self.benchmark, split="test", batch_size=self.recipe.eval_batch_size)
         return evaluator(embedder, output_path=self.args.output_dir)
 
@@ -274,7 +276,7 @@ class Recipe:
         """The evaluator run during training (merged retrieval on val), or None without a val split."""
         from hf_distill.evaluation import RetrievalEvaluator
 
-        if "val" not in self.benchmark.eval_pairs:
+        if self.benchmark is None or "val" not in self.benchmark.eval_pairs:
             return None
         return RetrievalEvaluator(
             self.benchmark, split="val", protocols=("merged",), batch_size=self.recipe.eval_batch_size
@@ -286,9 +288,10 @@ class Recipe:
         from hf_distill.trainers.callbacks import ModelCardCallback
 
         self.card = self.card_data()
-        benchmark = (
-            self.benchmark if self.recipe.starting_point and "test" in self.benchmark.eval_pairs else None
+        measure = (
+            self.recipe.starting_point and self.benchmark is not None and "test" in self.benchmark.eval_pairs
         )
+        benchmark = self.benchmark if measure else None
         self.trainer.add_callback(
             ModelCardCallback(
                 self.card,

@@ -107,6 +107,12 @@ class UnicRecipe(Recipe):
     method = "unic"
     arguments_class = UnicRecipeArguments
 
+    def load_data(self) -> Any:
+        """The benchmark; ``None`` when the student trains on ``train_dataset`` and no benchmark is named."""
+        if self.recipe.train_dataset is not None and self.recipe.benchmark is None:
+            return None
+        return super().load_data()
+
     def training_images(self) -> datasets.Dataset:
         """The images the student is distilled on (column ``image`` only)."""
         recipe = self.recipe
@@ -150,7 +156,7 @@ class UnicRecipe(Recipe):
             teachers=online_teachers,
             loss=loss,
             evaluator=self.validation_evaluator(),
-            domain_names=list(self.benchmark.domains),
+            domain_names=list(self.benchmark.domains) if self.benchmark is not None else None,
         )
 
     def build_train_dataset(self, images: datasets.Dataset) -> tuple[Any, Any]:
@@ -162,7 +168,7 @@ class UnicRecipe(Recipe):
         source = {
             "benchmark": str(self.benchmark.path) if recipe.train_dataset is None else None,
             "train_dataset": recipe.train_dataset,
-            "domains": list(self.benchmark.domains),
+            "domains": list(self.benchmark.domains) if self.benchmark is not None else None,
             "max_train_per_domain": recipe.max_train_per_domain,
             "subset_seed": recipe.subset_seed if recipe.max_train_per_domain is not None else None,
         }
@@ -177,6 +183,8 @@ class UnicRecipe(Recipe):
     def evaluate(self, embedder) -> dict[str, float]:
         """Test retrieval (merged and separate) and the k-NN probe (train index, val queries)."""
         metrics = super().evaluate(embedder)
+        if self.benchmark is None:
+            return metrics
         recipe = self.recipe
         knn = KNNClassificationEvaluator(
             subset_benchmark(self.benchmark, recipe.knn_max_index_per_domain, seed=0),

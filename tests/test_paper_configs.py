@@ -42,8 +42,10 @@ SHORT_RUN = [
     "--report_to", "none",
     "--use_cpu", "true",
     "--disable_tqdm", "true",
-    # The starting-point measure fits a 64-d PCA on at least 64 training images; the generated data has fewer.
+    # Architecture smoke test: no starting-point measures (the test-split PCA rows and the step-0 validation run
+    # the ViT-B over every evaluation image, minutes on a CPU); tests/test_backbone_norm.py covers them.
     "--starting_point", "false",
+    "--evaluate_starting_point", "false",
 ]  # fmt: skip
 
 
