@@ -39,18 +39,19 @@ def test_other_namespace_is_forbidden(hub_server):
 
 
 def test_server_stops_itself_after_its_lifetime(tmp_path):
-    server = LocalHubServer(tmp_path, max_lifetime_s=0.3).start()
+    server = LocalHubServer(tmp_path, max_lifetime_s=1.0).start()
     url = server.url
     assert get(f"{url}/api/models/tester/none") == 404
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
             get(f"{url}/api/models/tester/none")
-        except urllib.error.URLError:
+        except (urllib.error.URLError, ConnectionError):
+            # Refused, or reset when the shutdown lands in the middle of the request: no longer answering.
             break
         time.sleep(0.1)
     else:
-        pytest.fail("the server was still answering 10 s after its 0.3 s lifetime")
+        pytest.fail("the server was still answering 10 s after its 1 s lifetime")
     server.stop()  # idempotent
 
 
