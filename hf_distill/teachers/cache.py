@@ -132,18 +132,37 @@ def view_seed(seed: int, source_index: int, view: int) -> int:
 
 def transform_view(transform: Callable[[Any], torch.Tensor], image: Any, seed: int) -> torch.Tensor:
     """Apply ``transform`` with every global RNG it might use (torch, random, numpy) seeded, then restore them,
-    so the caller's random state is untouched. Only the CPU generator is seeded: views are made on the CPU, and
-    ``torch.manual_seed`` would also queue a CUDA seeding whose stack capture costs about 1 ms per view."""
+    so the caller's random state is untouched (:func:`seeded_calls` for one item)."""
+    return seeded_calls(transform, [image], [seed])[0]
+
+
+def seeded_calls(function: Callable[[Any], Any], items: Sequence[Any], seeds: Sequence[int]) -> list[Any]:
+    """``[function(item) for item in items]``, each call with every global RNG (torch, random, numpy) seeded from
+    its own seed, and the caller's states restored once at the end: a batch costs one save and one restore, and
+    every item's result is what a call on its own with its seed gives. Only the CPU generator is seeded: views
+    are made on the CPU, and ``torch.manual_seed`` would also queue a CUDA seeding whose stack capture costs
+    about 1 ms per call.
+
+    Args:
+        function: called once per item.
+        items: the arguments.
+        seeds: one seed per item.
+    """
+    if len(items) != len(seeds):
+        raise ValueError(f"seeded_calls needs one seed per item: {len(items)} items, {len(seeds)} seeds")
     python_state, numpy_state = random.getstate(), np.random.get_state()
+    results = []
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            return transform(image)
+            for item, seed in zip(items, seeds):
+                torch.default_generator.manual_seed(int(seed))
+                random.seed(int(seed))
+                np.random.seed(int(seed) % 2**32)
+                results.append(function(item))
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
+    return results
 
 
 def _feature_type(array: np.ndarray) -> datasets.features.FeatureType:
@@ -434,6 +453,12 @@ class CachedViewDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.source_index)
+
+    @property
+    def draws_randomness(self) -> bool:
+        """Only a fresh augmentation draws at random: cached views are seeded by their own view seed, so the
+        trainers skip their per-example seeding (``hf_distill.trainers.base.draws_randomness``)."""
+        return self.fresh_transform is not None
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         # One item (the trainers' seeded training set reads item by item): integer reads, far cheaper than

@@ -27,11 +27,11 @@ import torch
 from accelerate.utils import broadcast_object_list, gather_object
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, default_data_collator
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_distill.registry import get_method
-from hf_distill.teachers.cache import transform_view
+from hf_distill.teachers.cache import seeded_calls
 from hf_distill.trainers.callbacks import StartingPointCallback
 from hf_distill.trainers.divergence import DivergenceGuard
 
@@ -109,6 +109,60 @@ class _AugmentationEpoch(TrainerCallback):
             training_set.set_epoch(int(math.floor((state.epoch or 0.0) + 1e-6)))
 
 
+# ``datasets`` formats whose batch read returns one contiguous array (or tensor) per column.
+_ARRAY_FORMATS = ("numpy", "torch")
+
+
+def draws_randomness(dataset: Any) -> bool:
+    """Whether reading an example of ``dataset`` may draw from a random number generator.
+
+    A dataset declares it with a ``draws_randomness`` attribute (the feature caches' datasets say ``False``); a
+    ``datasets.Dataset`` draws only through an on-the-fly transform (``set_transform`` / ``with_transform``,
+    format type ``"custom"``); any other dataset is assumed to.
+
+    Args:
+        dataset: a map-style dataset.
+    """
+    declared = getattr(dataset, "draws_randomness", None)
+    if declared is not None:
+        return bool(declared)
+    if isinstance(dataset, datasets.Dataset):
+        return dataset.format.get("type") == "custom"
+    return True
+
+
+class CollatedBatch(dict):
+    """A batch read in one call, already in the model's input form (one tensor per column).
+
+    :class:`SeededAugmentationDataset` returns it for array-formatted ``datasets.Dataset`` training sets, and
+    :func:`collate_training_batch` passes it through instead of stacking rows.
+    """
+
+
+def collate_training_batch(data: Any) -> dict[str, Any]:
+    """The trainers' collator: a :class:`CollatedBatch` as it is, a list of rows through
+    ``transformers.default_data_collator``."""
+    if isinstance(data, CollatedBatch):
+        return dict(data)
+    return default_data_collator(data)
+
+
+def _batch_to_inputs(batch: Mapping[str, Any]) -> CollatedBatch:
+    """Columns of a batch read as tensors, named and typed as ``default_data_collator`` names them for rows."""
+    inputs = CollatedBatch()
+    for name, values in batch.items():
+        if isinstance(values, np.ndarray):
+            if values.dtype.kind not in "biuf":
+                continue  # strings and objects: the row collator drops them too
+            values = torch.from_numpy(values)
+        elif not isinstance(values, torch.Tensor):
+            continue
+        if name in ("label", "label_ids"):
+            name, values = "labels", values.long() if not values.is_floating_point() else values
+        inputs[name] = values
+    return inputs
+
+
 class SeededAugmentationDataset(Dataset):
     """Training set whose every example draws its random augmentation from its own seeded RNG.
 
@@ -116,19 +170,27 @@ class SeededAugmentationDataset(Dataset):
     fetched. A resumed run restores the global RNG of the checkpoint step, which the interrupted run had
     already advanced by the batch it had read ahead: its augmentation ran one batch behind. Here an example is
     transformed with ``torch``, ``random`` and ``numpy`` seeded from ``(seed, epoch, index)`` and the global
-    states restored afterwards (``hf_distill.teachers.cache.transform_view``, as for cached views), so
+    states restored afterwards (``hf_distill.teachers.cache.seeded_calls``, as for cached views), so
     augmentation depends on which example of which epoch it is, not on when it was read, how many batches were
     skipped on resume, which data-loader worker read it or how many processes share the batch; the global RNG
     is left to the training step (dropout, teacher dropping), whose state the checkpoint restores exactly.
 
+    Batches are read with one ``__getitems__`` call. A training set that draws nothing at random
+    (:func:`draws_randomness`: cached features or maps) skips the seeding; an array-formatted
+    ``datasets.Dataset`` is then read as one slice per column and returned as a :class:`CollatedBatch` when
+    ``collated`` is set (the trainer sets it when its collator is :func:`collate_training_batch`).
+
     Args:
         dataset: the training set (a ``datasets.Dataset`` with an on-the-fly transform, or any map dataset).
         seed: the run's seed.
+        collated: return array-formatted batches already collated.
     """
 
-    def __init__(self, dataset: Any, seed: int) -> None:
+    def __init__(self, dataset: Any, seed: int, collated: bool = False) -> None:
         self.dataset = dataset
         self.seed = int(seed)
+        self.collated = collated
+        self.draws_randomness = draws_randomness(dataset)
         # In shared memory: persistent data-loader workers keep their copy of the dataset across epochs, and
         # must still see the epoch the main process sets.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -155,10 +217,36 @@ class SeededAugmentationDataset(Dataset):
         Args:
             index: dataset index.
         """
-        return int(np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1)[0])
+        return self.example_seeds([index])[0]
+
+    def example_seeds(self, indices: list[int]) -> list[int]:
+        """The augmentation seeds of the examples ``indices`` in the current epoch (the epoch read once).
+
+        Args:
+            indices: dataset indices.
+        """
+        epoch = self.epoch
+        return [
+            int(np.random.SeedSequence([self.seed, epoch, int(index)]).generate_state(1)[0])
+            for index in indices
+        ]
 
     def __getitem__(self, index: int) -> Any:
-        return transform_view(self.dataset.__getitem__, index, self.example_seed(index))
+        return self._read([int(index)], rows=True)[0]
+
+    def __getitems__(self, indices: list[int]) -> Any:
+        return self._read([int(index) for index in indices], rows=not self.collated)
+
+    def _read(self, indices: list[int], rows: bool) -> Any:
+        if self.draws_randomness:
+            return seeded_calls(self.dataset.__getitem__, indices, self.example_seeds(indices))
+        if isinstance(self.dataset, datasets.Dataset) and self.dataset.format.get("type") in _ARRAY_FORMATS:
+            if rows:
+                return self.dataset.__getitems__(indices)
+            return _batch_to_inputs(self.dataset[indices])
+        if hasattr(self.dataset, "__getitems__"):
+            return self.dataset.__getitems__(indices)
+        return [self.dataset[index] for index in indices]
 
 
 class DistillationTrainer(Trainer):
@@ -198,6 +286,9 @@ class DistillationTrainer(Trainer):
         self.evaluator = evaluator
         self.loss = loss
         super().__init__(*args, **kwargs)
+        if self.data_collator is default_data_collator:
+            # Same rows-to-tensors collation, and batches read whole pass through (SeededAugmentationDataset).
+            self.data_collator = collate_training_batch
         if self.method is not None:
             expected = get_method(self.method).training_arguments_class
             if not isinstance(self.args, expected):
@@ -459,6 +550,16 @@ class DistillationTrainer(Trainer):
             dataset, description, batch_size, sampler_fn, is_training, dataloader_key
         )
 
+    def _get_collator_with_removed_columns(
+        self, data_collator: Callable, description: str | None = None
+    ) -> Callable:
+        # The training set's unused columns were removed from the dataset itself when its batches are read
+        # whole (``_seeded``); the row-wise column remover would not understand them.
+        training_set = self._seeded_training_set
+        if description == "Training" and training_set is not None and training_set.collated:
+            return data_collator
+        return super()._get_collator_with_removed_columns(data_collator, description)
+
     def _seeded(self, dataset: Any, description: str | None = None) -> SeededAugmentationDataset:
         """Wrap the training set in a :class:`SeededAugmentationDataset`.
 
@@ -469,9 +570,13 @@ class DistillationTrainer(Trainer):
         """
         if isinstance(dataset, SeededAugmentationDataset):
             return dataset
+        pruned = not self.args.remove_unused_columns
         if description is not None and isinstance(dataset, datasets.Dataset):
-            dataset = self._remove_unused_columns(dataset, description=description)
-        self._seeded_training_set = SeededAugmentationDataset(dataset, self.args.seed)
+            dataset, pruned = self._remove_unused_columns(dataset, description=description), True
+        # Whole batches as tensors only for the collator that understands them, and only when no
+        # column-removing collator would see them (it expects rows).
+        collated = self.data_collator is collate_training_batch and pruned
+        self._seeded_training_set = SeededAugmentationDataset(dataset, self.args.seed, collated=collated)
         if self.state.epoch:
             self._seeded_training_set.set_epoch(int(math.floor(self.state.epoch + 1e-6)))
         return self._seeded_training_set
