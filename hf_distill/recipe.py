@@ -172,6 +172,12 @@ class RecipeArguments:
         base_model: Hub id of the backbone's initial checkpoint, for the model card.
         starting_point: measure the starting point (the untrained backbone, full and PCA) on the test split.
         starting_point_fit_images: training images the starting point's PCA is fitted on.
+        trainable_from: fine-tune a pretrained backbone over a cached trunk: its stages (CNN) or blocks (ViT)
+            before this index are frozen, their output maps cached once (``hf_distill.data.trunk_cache``), and
+            training, validation and the starting point run the upper blocks + heads from those maps; the test
+            evaluation too (equal to the pixel path, see ``tests/test_trunk_cache.py``). ``None``: pixels.
+        trunk_views: augmented views cached per training image (each epoch reads every view once).
+        trunk_cache_dir: where the trunk caches live (default ``outputs/trunk_cache``).
     """
 
     benchmark: str | None = None
@@ -186,13 +192,16 @@ class RecipeArguments:
     base_model: str | None = None
     starting_point: bool = True
     starting_point_fit_images: int = 5000
+    trainable_from: int | None = None
+    trunk_views: int = 1
+    trunk_cache_dir: str = os.path.join("outputs", "trunk_cache")
 
     def __post_init__(self) -> None:
         if self.on_bad_image not in ("raise", "skip"):
             raise ValueError(f"on_bad_image must be 'raise' or 'skip', got {self.on_bad_image!r}")
         if self.uned_info_root is not None and self.uned_image_root is None:
             raise ValueError("uned_info_root needs uned_image_root (the folder the info files' paths are in)")
-        for name in ("max_train_per_domain", "eval_batch_size", "starting_point_fit_images"):
+        for name in ("max_train_per_domain", "eval_batch_size", "starting_point_fit_images", "trunk_views"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -211,6 +220,8 @@ class Recipe:
 
     method: ClassVar[str]
     arguments_class: ClassVar[type] = RecipeArguments
+    # Whether build() honours ``trainable_from`` (fine-tuning over a cached trunk).
+    supports_cached_trunk: ClassVar[bool] = False
 
     def __init__(self, recipe: Any, args: Any) -> None:
         self.recipe = recipe
@@ -219,7 +230,12 @@ class Recipe:
         self.push, args.push_to_hub = bool(args.push_to_hub), False
         if self.push and not args.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id <user>/<name>")
+        if recipe.trainable_from is not None and not self.supports_cached_trunk:
+            raise ValueError(
+                f"trainable_from is not implemented for the {self.method} recipe yet (UDON has it); leave it unset"
+            )
         self.benchmark: Any = None
+        self.trunk: Any = None
         self.model: Any = None
         self.trainer: Any = None
         self.card: Any = None
@@ -250,12 +266,55 @@ class Recipe:
         """
         from hf_distill.evaluation import RetrievalEvaluator
 
-        if self.benchmark is None or "test" not in self.benchmark.eval_pairs:
+        benchmark = self.evaluation_benchmark
+        if benchmark is None or "test" not in benchmark.eval_pairs:
             return {}
-        evaluator = RetrievalEvaluator(self.benchmark, split="test", batch_size=self.recipe.eval_batch_size)
-        return evaluator(embedder, output_path=self.args.output_dir)
+        evaluator = RetrievalEvaluator(benchmark, split="test", batch_size=self.recipe.eval_batch_size)
+        return evaluator(self.for_evaluation(embedder), output_path=self.args.output_dir)
 
     # ----------------------------------------------------------------------------------- shared steps
+
+    @property
+    def evaluation_benchmark(self) -> Any:
+        """What every evaluation runs on: the benchmark, or its cached trunk maps (``trainable_from``)."""
+        return self.trunk.benchmark if self.trunk is not None else self.benchmark
+
+    def for_evaluation(self, embedder: Any) -> Any:
+        """``embedder`` as :attr:`evaluation_benchmark` needs it (reading trunk maps over a cached trunk)."""
+        from hf_distill.layers.trunk import exported_for_inputs
+
+        return exported_for_inputs(self.trainer.accelerator.unwrap_model(self.trainer.model), embedder)
+
+    def cache_trunk(self, backbone: Any, backbone_id: str, train_transform: Any, eval_transform: Any) -> Any:
+        """Cache the trunk maps of the benchmark for ``trainable_from`` and keep them in ``self.trunk``.
+
+        Args:
+            backbone: the pretrained backbone module.
+            backbone_id: architecture and weights, for the cache spec.
+            train_transform / eval_transform: the run's training augmentation and evaluation transform.
+
+        Returns:
+            the :class:`~hf_distill.data.trunk_cache.TrunkCache`.
+        """
+        from hf_distill.data.trunk_cache import cache_trunk
+
+        recipe = self.recipe
+        self.trunk = cache_trunk(
+            self.benchmark,
+            backbone,
+            recipe.trainable_from,
+            backbone_id,
+            train_transform,
+            eval_transform,
+            recipe.trunk_cache_dir,
+            views=recipe.trunk_views,
+            max_train_per_domain=recipe.max_train_per_domain,
+            subset_seed=recipe.subset_seed,
+            fit_images=recipe.starting_point_fit_images,
+            seed=self.args.seed,
+            batch_size=recipe.eval_batch_size,
+        )
+        return self.trunk
 
     def load_data(self) -> Any:
         """The domains named by the recipe arguments."""
@@ -276,10 +335,11 @@ class Recipe:
         """The evaluator run during training (merged retrieval on val), or None without a val split."""
         from hf_distill.evaluation import RetrievalEvaluator
 
-        if self.benchmark is None or "val" not in self.benchmark.eval_pairs:
+        benchmark = self.evaluation_benchmark
+        if benchmark is None or "val" not in benchmark.eval_pairs:
             return None
         return RetrievalEvaluator(
-            self.benchmark, split="val", protocols=("merged",), batch_size=self.recipe.eval_batch_size
+            benchmark, split="val", protocols=("merged",), batch_size=self.recipe.eval_batch_size
         )
 
     def train(self) -> None:
@@ -288,10 +348,9 @@ class Recipe:
         from hf_distill.trainers.callbacks import ModelCardCallback
 
         self.card = self.card_data()
-        measure = (
-            self.recipe.starting_point and self.benchmark is not None and "test" in self.benchmark.eval_pairs
-        )
-        benchmark = self.benchmark if measure else None
+        benchmark = self.evaluation_benchmark
+        measure = self.recipe.starting_point and benchmark is not None and "test" in benchmark.eval_pairs
+        benchmark = benchmark if measure else None
         self.trainer.add_callback(
             ModelCardCallback(
                 self.card,

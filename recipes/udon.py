@@ -97,6 +97,7 @@ class UdonRecipe(Recipe):
 
     method = "udon"
     arguments_class = UdonRecipeArguments
+    supports_cached_trunk = True
 
     def build_model(self) -> UdonModel:
         """The ``UdonModel`` of the recipe arguments, with the benchmark's domains and classes."""
@@ -142,8 +143,27 @@ class UdonRecipe(Recipe):
         transform = ImageTransform(
             config.image_size, config.image_mean, config.image_std, train=True, resize_size=recipe.resize_size
         )
-        parts = [self.train_split(name) for name in config.domains]
         domain_ids = {name: i for i, name in enumerate(config.domains)}
+        if recipe.trainable_from is not None:
+            # Fine-tune the top over the cached maps of the frozen trunk (the trunk never runs while training).
+            trunk = self.cache_trunk(
+                self.model.backbone,
+                config.backbone,
+                transform,
+                ImageTransform(
+                    config.image_size,
+                    config.image_mean,
+                    config.image_std,
+                    train=False,
+                    resize_size=config.resize_size,
+                ),
+            )
+            self.model.use_cached_trunk(recipe.trainable_from)
+            train_dataset, train_domain_ids = trunk.train_dataset, trunk.train_domain_ids
+        else:
+            parts = [self.train_split(name) for name in config.domains]
+            train_dataset = with_pixel_values(concatenate_datasets(parts), transform, domain_ids)
+            train_domain_ids = None
         loss = UdonLoss(
             classifier_margin=recipe.classifier_margin,
             margin_type=recipe.margin_type,
@@ -155,7 +175,8 @@ class UdonRecipe(Recipe):
         self.trainer = UdonTrainer(
             model=self.model,
             args=args,
-            train_dataset=with_pixel_values(concatenate_datasets(parts), transform, domain_ids),
+            train_dataset=train_dataset,
+            train_domain_ids=train_domain_ids,
             loss=loss,
             evaluator=self.validation_evaluator(),
         )
@@ -191,13 +212,13 @@ class UdonRecipe(Recipe):
         results: dict[str, float] = {}
         for name in model.config.domains:
             evaluator = RetrievalEvaluator(
-                self.benchmark,
+                self.evaluation_benchmark,
                 split="test",
                 protocols=("separate",),
                 domains=[name],
                 batch_size=self.recipe.eval_batch_size,
             )
-            for key, value in evaluator(model.export_teacher_embedder(name)).items():
+            for key, value in evaluator(self.for_evaluation(model.export_teacher_embedder(name))).items():
                 if not key.startswith("separate/mean/"):
                     results["oracle/" + key[len("separate/") :]] = value
         return results

@@ -46,13 +46,18 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def default_transform(model: nn.Module) -> Transform:
-    """The evaluation transform described by a model's config (``image_size``, ``image_mean``, ``image_std``).
+    """The evaluation transform described by a model's config (``image_size``, ``image_mean``, ``image_std``);
+    for a model that reads cached trunk maps, the maps as tensors.
 
     Args:
         model: a model whose ``config`` carries the preprocessing fields (``resize_size`` is optional).
     """
     from hf_distill.data.transforms import ImageTransform
+    from hf_distill.layers.trunk import takes_trunk_maps
 
+    if takes_trunk_maps(model):
+        # A cached-trunk benchmark stores the trunk's output maps of the already transformed images.
+        return torch.as_tensor
     config = getattr(model, "config", None)
     missing = [key for key in ("image_size", "image_mean", "image_std") if getattr(config, key, None) is None]
     if missing:

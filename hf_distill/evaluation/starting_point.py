@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from datasets import concatenate_datasets
+from torch import nn
 
 from hf_distill.evaluation.evaluator import RetrievalEvaluator, default_transform, embed_dataset
 
@@ -31,17 +32,18 @@ STARTING_POINT_PREFIX = "starting_point"
 
 
 def _embedder_with_head(embedder: Any, embed_dim: int | None, feature_norm: bool) -> Any:
-    """A copy of ``embedder``'s backbone under a new head configuration (the head is left initialised)."""
-    from hf_distill.models.embedder import UniversalEmbedderModel
-
+    """A copy of ``embedder`` (its backbone as it is: pixels in, or cached trunk maps in) under a new head
+    configuration (the head is left initialised)."""
     config = copy.deepcopy(embedder.config)
     config.embed_dim = embed_dim
     config.feature_norm = feature_norm
     config.normalize = True
     config.pretrained_file = None
-    model = UniversalEmbedderModel(config)
-    model.backbone.load_state_dict(embedder.backbone.state_dict(), strict=True)
-    return model.to(next(embedder.parameters()).device).eval()
+    model = copy.deepcopy(embedder)
+    model.config = config
+    device = next(embedder.parameters()).device
+    model.head = nn.Linear(embedder.feature_dim, embed_dim, device=device) if embed_dim else nn.Identity()
+    return model.eval()
 
 
 def full_feature_embedder(embedder: Any) -> Any:

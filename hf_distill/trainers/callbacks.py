@@ -225,7 +225,10 @@ class ModelCardCallback(TrainerCallback):
                 f"{type(model).__name__} lacks; measure it with evaluate_starting_point and set "
                 "card_data.starting_point instead"
             )
-        embedder = export()
+        from hf_distill.layers.trunk import exported_for_inputs
+
+        # Over a cached trunk the benchmark holds maps: the starting point reads them as training did.
+        embedder = exported_for_inputs(model, export())
         kwargs = dict(self.starting_point_kwargs)
         kwargs.setdefault("pca_dim", embedder.config.embed_dim or 64)
         results = evaluate_starting_point(embedder, self.benchmark, split=self.card_data.eval_split, **kwargs)

@@ -19,6 +19,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from hf_distill.layers import BackboneNormMixin, CosineClassifier
+from hf_distill.layers.trunk import freeze_trunk, top_forward
 from hf_distill.models.embedder.configuration_embedder import UniversalEmbedderConfig, preprocessing_of
 from hf_distill.models.embedder.modeling_embedder import (
     UniversalEmbedderModel,
@@ -119,6 +120,7 @@ class UdonModel(BackboneNormMixin, UdonPreTrainedModel):
             raise ValueError("UdonConfig.domains is empty: give the domain names and their num_classes")
         self.backbone, self.feature_dim = create_backbone(backbone_config(config, config.embed_dim))
         self.backbone_pretrained = config.pretrained_file is not None
+        self.trunk_split: int | None = None
         self.student_head = nn.Linear(self.feature_dim, config.embed_dim)
         if config.use_teacher:
             self.teacher_heads = nn.ModuleList(
@@ -167,9 +169,9 @@ class UdonModel(BackboneNormMixin, UdonPreTrainedModel):
         # backward pass through it (its learning rate is 0 anyway).
         if self.training and self.backbone_frozen:
             with torch.no_grad():
-                features = self.backbone(pixel_values)
+                features = self.backbone_features(pixel_values)
         else:
-            features = self.backbone(pixel_values)
+            features = self.backbone_features(pixel_values)
         normalized = F.normalize(features, dim=-1)
         student = F.normalize(self.student_head(normalized), dim=-1)
         if output_heads is None:
@@ -194,6 +196,28 @@ class UdonModel(BackboneNormMixin, UdonPreTrainedModel):
             output.detached_embeddings = detached
             output.detached_logits = self.student_logits(detached, domain)
         return output
+
+    def use_cached_trunk(self, trainable_from: int | None) -> None:
+        """Train over a cached trunk: inputs become the output maps of the backbone's blocks before
+        ``trainable_from`` (``hf_distill.data.trunk_cache``), whose parameters stop training; ``None`` goes
+        back to pixels. The exported embedder is the whole backbone either way.
+
+        Args:
+            trainable_from: index of the first backbone stage (CNN) or block (ViT) that trains, or None.
+        """
+        if trainable_from is not None:
+            freeze_trunk(self.backbone, trainable_from)
+        self.trunk_split = trainable_from
+
+    def backbone_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features of pixels, or of trunk maps over a cached trunk (:meth:`use_cached_trunk`).
+
+        Args:
+            inputs: ``(batch, 3, H, W)`` images, or the trunk's output maps.
+        """
+        if self.trunk_split is None:
+            return self.backbone(inputs)
+        return top_forward(self.backbone, inputs, self.trunk_split)
 
     def _single_domain(self, domain_ids: torch.Tensor | None) -> int:
         if domain_ids is None:

@@ -1,0 +1,174 @@
+"""A pretrained backbone cut in two: a frozen trunk whose output maps are cached once, and a top that trains.
+
+Fine-tuning only the upper blocks of a pretrained backbone (``trainable_from``) does not need the lower blocks'
+forward at every step: their output is the same for the same input view, so it is computed once per view
+(``hf_distill.data.trunk_cache``) and training runs the top from those maps. The backbone module is never
+changed — the cut is two functions over its own submodules — so the exported embedder is the whole backbone
+and takes pixels like any other, with ``top_forward(trunk_forward(x)) == backbone(x)``.
+
+Supported: timm EfficientNet / MobileNet families (``conv_stem``, ``bn1``, ``blocks`` of stages, then the
+head: ``trainable_from`` is a stage index) and timm Vision Transformers (``patch_embed`` …, ``blocks``:
+``trainable_from`` is a block index).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+def _kind(backbone: nn.Module) -> str:
+    if all(hasattr(backbone, name) for name in ("conv_stem", "bn1", "blocks", "forward_head")):
+        return "cnn"
+    if all(hasattr(backbone, name) for name in ("patch_embed", "_pos_embed", "blocks", "forward_head")):
+        return "vit"
+    raise ValueError(
+        f"trainable_from needs a timm EfficientNet/MobileNet or VisionTransformer backbone, got "
+        f"{type(backbone).__name__}; train the whole backbone (trainable_from: null) instead"
+    )
+
+
+def check_trainable_from(backbone: nn.Module, trainable_from: int) -> None:
+    """Raise a ``ValueError`` naming the allowed range when ``trainable_from`` does not cut ``backbone``.
+
+    Args:
+        backbone: a timm backbone (see the module docstring).
+        trainable_from: index of the first stage (CNN) or block (ViT) that trains.
+    """
+    _kind(backbone)
+    count = len(backbone.blocks)
+    if not isinstance(trainable_from, int) or not 0 <= trainable_from <= count:
+        raise ValueError(
+            f"trainable_from={trainable_from!r} must be a {type(backbone).__name__} block index in 0..{count} "
+            f"(0: everything above the stem trains, {count}: only the head)"
+        )
+
+
+def trunk_forward(backbone: nn.Module, pixel_values: torch.Tensor, trainable_from: int) -> torch.Tensor:
+    """The frozen lower part: stem and blocks ``[0, trainable_from)``; returns their output maps (or tokens).
+
+    Args:
+        backbone: a timm backbone (see the module docstring).
+        pixel_values: ``(batch, 3, H, W)`` images.
+        trainable_from: index of the first block that trains.
+    """
+    if _kind(backbone) == "cnn":
+        x = backbone.bn1(backbone.conv_stem(pixel_values))
+    else:
+        x = backbone.norm_pre(backbone.patch_drop(backbone._pos_embed(backbone.patch_embed(pixel_values))))
+    for block in backbone.blocks[:trainable_from]:
+        x = block(x)
+    return x
+
+
+def top_forward(backbone: nn.Module, maps: torch.Tensor, trainable_from: int) -> torch.Tensor:
+    """The part that trains: blocks ``[trainable_from, end)`` and the head; returns the pooled features.
+
+    Args:
+        backbone: the backbone whose :func:`trunk_forward` produced ``maps``.
+        maps: the trunk's output.
+        trainable_from: the index :func:`trunk_forward` stopped at.
+    """
+    kind = _kind(backbone)
+    x = maps
+    if kind == "cnn":
+        # Cached maps are stored plain (NCHW); depthwise convolutions on the CPU run ~10x faster channels-last.
+        x = x.contiguous(memory_format=torch.channels_last)
+    for block in backbone.blocks[trainable_from:]:
+        x = block(x)
+    if kind == "cnn":
+        x = backbone.bn2(backbone.conv_head(x))
+    else:
+        x = backbone.norm(x)
+    return backbone.forward_head(x, pre_logits=True)
+
+
+def trunk_modules(backbone: nn.Module, trainable_from: int) -> Iterator[nn.Module]:
+    """The modules of the frozen lower part (their parameters do not train over a cached trunk).
+
+    Args:
+        backbone: a timm backbone.
+        trainable_from: index of the first block that trains.
+    """
+    if _kind(backbone) == "cnn":
+        yield from (backbone.conv_stem, backbone.bn1)
+    else:
+        yield backbone.patch_embed
+        for name in ("cls_token", "reg_token", "pos_embed"):
+            if isinstance(getattr(backbone, name, None), nn.Parameter):
+                # parameters, not modules: wrapped so the caller can treat every part alike
+                holder = nn.Module()
+                holder.register_parameter("value", getattr(backbone, name))
+                yield holder
+    yield from backbone.blocks[:trainable_from]
+
+
+def freeze_trunk(backbone: nn.Module, trainable_from: int) -> None:
+    """Stop the trunk's parameters from training (``requires_grad=False``): over a cached trunk they never run.
+
+    Args:
+        backbone: a timm backbone.
+        trainable_from: index of the first block that trains.
+    """
+    check_trainable_from(backbone, trainable_from)
+    for module in trunk_modules(backbone, trainable_from):
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+
+
+class BackboneTop(nn.Module):
+    """``backbone``'s upper part as a module of its own: maps in, pooled features out (weights shared).
+
+    Args:
+        backbone: a timm backbone (see the module docstring).
+        trainable_from: index of the first block of the top.
+    """
+
+    def __init__(self, backbone: nn.Module, trainable_from: int) -> None:
+        super().__init__()
+        check_trainable_from(backbone, trainable_from)
+        self.backbone = backbone
+        self.trainable_from = trainable_from
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return top_forward(self.backbone, maps, self.trainable_from)
+
+
+def over_cached_trunk(embedder: nn.Module, trainable_from: int) -> nn.Module:
+    """A view of ``embedder`` (anything with a ``backbone``) that takes trunk maps instead of pixels.
+
+    Weights, config and head are shared with ``embedder``; only its ``backbone`` is seen through
+    :class:`BackboneTop`. Used to evaluate an embedder on a cached-trunk benchmark
+    (``hf_distill.data.trunk_cache``); the embedder that is saved and shipped is ``embedder`` itself.
+
+    Args:
+        embedder: e.g. a ``UniversalEmbedderModel``.
+        trainable_from: where the cached trunk stopped.
+    """
+    view = copy.copy(embedder)
+    view._modules = dict(embedder._modules)
+    view._modules["backbone"] = BackboneTop(embedder.backbone, trainable_from)
+    return view
+
+
+def takes_trunk_maps(model: nn.Module) -> bool:
+    """Whether ``model`` reads trunk maps rather than pixels (a cached-trunk model or an :func:`over_cached_trunk`
+    view), so that its evaluation inputs are the cached maps as they are."""
+    return getattr(model, "trunk_split", None) is not None or isinstance(
+        getattr(model, "backbone", None), BackboneTop
+    )
+
+
+def exported_for_inputs(model: nn.Module, embedder: nn.Module) -> nn.Module:
+    """``embedder`` (exported from ``model``) reading what ``model`` reads: an :func:`over_cached_trunk` view
+    when ``model`` trains over a cached trunk, else ``embedder`` itself.
+
+    Args:
+        model: the trained method model (its ``trunk_split`` tells).
+        embedder: its exported embedder.
+    """
+    split = getattr(model, "trunk_split", None)
+    return embedder if split is None else over_cached_trunk(embedder, split)
