@@ -133,10 +133,10 @@ def mlfd_arguments(tiny_benchmark_dir: Path, output_dir: Path) -> MlfdStageArgum
     # Stage 4: 24 images per student, 8 per batch: 3 steps per epoch, 2 epochs.
     return MlfdStageArguments(
         output_dir=str(output_dir),
-        benchmark_path=str(tiny_benchmark_dir),
+        benchmark=str(tiny_benchmark_dir),
         domains=MLFD_DOMAINS,
         teacher_backbones=["resnet10t"],
-        max_train_samples=24,
+        max_train_per_domain=24,
         batch_size=8,
         eval_batch_size=64,
         teacher_epochs=1,
