@@ -35,6 +35,7 @@ from hf_distill.evaluation.starting_point import (
     starting_point_embedders,
 )
 from hf_distill.hub import EmbedderCardData
+from hf_distill.layers import set_backbone_train_mode
 from hf_distill.losses import UdonLoss
 from hf_distill.models.embedder import UniversalEmbedderConfig, UniversalEmbedderModel
 from hf_distill.models.mlfd import MlfdClassifierConfig, MlfdClassifierModel
@@ -111,6 +112,15 @@ def test_train_backbone_norm_does_move_instance_norm_statistics():
     before = instance_norm.running_mean.clone()
     model(shifted_pixels(0))
     assert instance_norm.training and not torch.equal(before, instance_norm.running_mean)
+
+
+def test_backbone_train_mode_defaults_to_a_trained_backbone():
+    # Called without ``frozen`` (its default), a backbone whose weights train follows ``training`` and ``norm``.
+    model, instance_norm = student_with_instance_norm()
+    set_backbone_train_mode(model.backbone, True, "train")
+    assert model.backbone.training and instance_norm.training
+    set_backbone_train_mode(model.backbone, True, "frozen")
+    assert model.backbone.training and not instance_norm.training
 
 
 # ------------------------------------------------------------------------------- starting point
