@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install data test demo lint format bench clean
+.PHONY: install data test demo lint format bench mutants clean
 
 install: $(STAMP)
 
@@ -51,5 +51,14 @@ format: $(STAMP)
 bench: $(STAMP) $(DATA_STAMP)
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
+# Mutation testing (docs/testing.md; not part of CI): mutmut mutates the modules listed under [tool.mutmut] in
+# pyproject.toml and runs, for each mutant, only the tests that reach the mutated function. MUTANTS narrows the run
+# to some modules, e.g. `make mutants MUTANTS='hf_distill.layers.normalization*'`; MUTANT_JOBS processes at a time.
+MUTANTS ?=
+MUTANT_JOBS ?= 2
+mutants: $(STAMP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children $(MUTANT_JOBS) $(MUTANTS)
+	$(PY) scripts/mutant_rates.py
+
 clean:
-	rm -rf $(VENV) data outputs .assets
+	rm -rf $(VENV) data outputs .assets mutants

@@ -94,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="rewrite --output and its plots from its JSON twin (no run; the recorded command is kept)",
     )
     parser.add_argument(
-        "overrides", nargs="*", help="stage-argument overrides as key=value (e.g. max_train_samples=500)"
+        "overrides", nargs="*", help="stage-argument overrides as key=value (e.g. max_train_per_domain=500)"
     )
     return parser.parse_args(argv)
 
@@ -128,7 +128,7 @@ def _stage_arguments(config: str, flags: list[str], benchmark: str, seed: int, o
     from hf_distill.recipe import parse_recipe_args
     from hf_distill.trainers.mlfd_stages import MlfdStageArguments
 
-    argv = ["--config", config, *flags, "--benchmark_path", benchmark, "--seed", str(seed)]
+    argv = ["--config", config, *flags, "--benchmark", benchmark, "--seed", str(seed)]
     argv += ["--output_dir", str(output)]
     if levels:
         argv += ["--joint_fusion_levels", str(levels)]
@@ -525,7 +525,7 @@ def report(results: dict[str, Any], output: Path) -> str:
         "",
         "## Setting",
         "",
-        f"- benchmark `{arguments['benchmark_path']}`; MLFD datasets: "
+        f"- benchmark `{arguments['benchmark']}`; MLFD datasets: "
         + ", ".join(f"{domain} (teacher and student `{backbones[domain]}`)" for domain in domains)
         + (
             ". Three kinds of image — grey photographs of clothing (6 training classes, 1,500 images each), "
@@ -535,7 +535,7 @@ def report(results: dict[str, Any], output: Path) -> str:
             else "."
         ),
         f"- every model from scratch at {arguments['image_size']} px (train: resize {arguments['train_resize_size']}, "
-        f"random crop, flip), on a fixed subset of at most {arguments['max_train_samples']} training images per "
+        f"random crop, flip), on a fixed subset of at most {arguments['max_train_per_domain']} training images per "
         f"domain (the same for every seed); teachers and students {arguments['teacher_epochs']:g} epochs, "
         f"lr {arguments['teacher_learning_rate']:g} cosine, batch {arguments['batch_size']}, AdamW wd "
         f"{arguments['weight_decay']:g}; joint teacher {arguments['joint_epochs']:g} epochs on the cached "

@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 PRIMARY_METRIC = "merged/mean/R@1"
 
+# Keys the recipes spelled differently before they shared one spelling: old name -> new name.
+RENAMED_KEYS = {"benchmark_path": "benchmark", "max_train_samples": "max_train_per_domain"}
+
 
 # ------------------------------------------------------------------------------------------------ parsing
 
@@ -92,6 +95,8 @@ def parse_recipe_args(dataclass_types: Sequence[type], argv: Sequence[str] | Non
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, remaining = pre.parse_known_args(argv)
+    flags = [arg[2:].split("=", 1)[0] for arg in remaining if arg.startswith("--")]
+    _refuse_renamed_keys(flags, "the command line", "--")
 
     parser = HfArgumentParser(dataclass_types)
     for action in parser._actions:
@@ -100,6 +105,7 @@ def parse_recipe_args(dataclass_types: Sequence[type], argv: Sequence[str] | Non
             action.type = _json_mapping
     if known.config is not None:
         config = load_yaml_config(known.config)
+        _refuse_renamed_keys(config, f"config file '{known.config}'", "")
         destinations = {action.dest: action for action in parser._actions}
         unknown = sorted(set(config) - set(destinations))
         if unknown:
@@ -113,6 +119,20 @@ def parse_recipe_args(dataclass_types: Sequence[type], argv: Sequence[str] | Non
             destinations[key].required = False
         parser.set_defaults(**config)
     return tuple(parser.parse_args_into_dataclasses(args=remaining))
+
+
+def _refuse_renamed_keys(keys: Sequence[str], where: str, prefix: str) -> None:
+    """Refuse a key of :data:`RENAMED_KEYS` with a message naming its new spelling.
+
+    Args:
+        keys: the keys given.
+        where: names their source in the message (the config file or the command line).
+        prefix: how a key is written there (``"--"`` on the command line).
+    """
+    old = [key for key in keys if key in RENAMED_KEYS]
+    if old:
+        renames = ", ".join(f"{prefix}{key} is now {prefix}{RENAMED_KEYS[key]}" for key in old)
+        raise ValueError(f"{where} uses renamed keys: {renames} (the same keys as every recipe)")
 
 
 def _check_config_value(path: str, key: str, value: Any, action: argparse.Action) -> None:

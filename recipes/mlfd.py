@@ -47,8 +47,8 @@ class MlfdRecipe(Recipe):
         super().__init__(args, args)
 
     def load_data(self) -> Any:
-        """The domains named by ``benchmark_path`` and ``domains``."""
-        return load_domains(self.recipe.benchmark_path, self.recipe.domains)
+        """The domains named by ``benchmark`` and ``domains``."""
+        return load_domains(self.recipe.benchmark, self.recipe.domains)
 
     def run(self) -> dict[str, Any]:
         """Run (or resume) the four stages, print the summary and push the students when asked."""

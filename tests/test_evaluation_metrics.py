@@ -78,6 +78,18 @@ def test_hand_computed_merged_and_separate(backend):
     assert results["merged/mean/mP@5"] < results["separate/mean/mP@5"]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hand_computed_merged_with_the_query_is_index_domain_at_a_nonzero_offset(backend):
+    # Domain "b" first: the merged index is bi0..bi2 (ids 0-2), then a0..a4 (ids 3-7), so each query of "a" must
+    # be removed as id 3 + i, not i. The neighbour lists above do not depend on the order (no tie across
+    # domains changes relevance), so the hand-computed values are the same.
+    results = evaluate_retrieval({"b": DOMAIN_B, "a": DOMAIN_A}, protocols=["merged"], backend=backend)
+    expected = {key: value for key, value in EXPECTED.items() if key.startswith("merged/")}
+    assert set(results) == set(expected)
+    for key, value in expected.items():
+        assert results[key] == pytest.approx(value, abs=1e-12), key
+
+
 def test_protocol_subset_and_small_memory_budget():
     results = evaluate_retrieval(
         {"a": DOMAIN_A, "b": DOMAIN_B}, protocols=["separate"], backend="torch", memory_budget_mb=1e-5

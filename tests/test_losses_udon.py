@@ -60,11 +60,21 @@ def test_classification_loss_rejects_out_of_range_labels():
 
 
 def test_kl_distillation_hand_computed_and_teacher_detached():
-    student = torch.zeros(1, 2, requires_grad=True)
-    teacher = torch.tensor([[0.1, 0.0]], requires_grad=True)
+    # Non-zero student logits: a temperature applied to one side only, or the KL's arguments swapped, changes
+    # the value (with an all-zero student neither would show).
+    student = torch.tensor([[0.2, -0.1, 0.0]], requires_grad=True)
+    teacher = torch.tensor([[0.1, 0.0, -0.1]], requires_grad=True)
     out = LogitDistillationLoss(temperature=0.1)(student, teacher)
-    p = math.e / (1 + math.e)  # softmax([1, 0]) after dividing by τ = 0.1
-    expected = p * math.log(p / 0.5) + (1 - p) * math.log((1 - p) / 0.5)
+
+    def softmax(values):
+        exps = [math.exp(v) for v in values]
+        return [e / sum(exps) for e in exps]
+
+    p = softmax([1.0, 0.0, -1.0])  # teacher / τ
+    q = softmax([2.0, -1.0, 0.0])  # student / τ
+    expected = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))  # KL(p ‖ q) ≈ 0.2517 (KL(q ‖ p) ≈ 0.1537)
+    reverse = sum(qi * math.log(qi / pi) for pi, qi in zip(p, q))
+    assert abs(expected - reverse) > 0.05
     assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
     out["loss"].backward()
     assert teacher.grad is None and student.grad is not None

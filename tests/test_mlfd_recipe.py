@@ -26,11 +26,11 @@ DOMAINS = ["digits", "animals"]
 def _values(tiny_benchmark_dir, output_dir, **overrides):
     values = dict(
         output_dir=str(output_dir),
-        benchmark_path=str(tiny_benchmark_dir),
+        benchmark=str(tiny_benchmark_dir),
         domains=DOMAINS,
         teacher_backbones=["vit_tiny_patch16_224", "resnet10t"],
         backbone_kwargs={"vit_tiny_patch16_224": {"img_size": 32, "patch_size": 8, "depth": 2}},
-        max_train_samples=40,
+        max_train_per_domain=40,
         batch_size=16,
         teacher_epochs=1,
         student_epochs=1,

@@ -81,7 +81,8 @@ class MlfdStageArguments:
 
     Args:
         output_dir: root of all stage outputs.
-        benchmark_path: the domains (see :func:`~hf_distill.data.load_domains`; default: the offline benchmark).
+        benchmark: the domains (see :func:`~hf_distill.data.load_domains`; default: the offline benchmark); the
+            same key as the UDON and UNIC recipes'.
         domains: the datasets; one individual teacher and one student each.
         teacher_backbones: timm backbone of each domain's teacher and student (same order as ``domains``).
         backbone_kwargs: per backbone name, extra timm ``create_model`` arguments (YAML mapping or JSON string).
@@ -90,7 +91,7 @@ class MlfdStageArguments:
             instead of training one (YAML mapping or JSON string).
         image_size / train_resize_size: input side; training resizes to ``train_resize_size`` then crops.
         image_mean / image_std: input normalisation of every teacher and student.
-        max_train_samples: per domain, keep this many training images (a fixed random subset; all when None).
+        max_train_per_domain: per domain, keep this many training images (a fixed random subset; all when None).
         seed: seed of training and of the cached views.
         batch_size / eval_batch_size: images per step / per evaluation batch.
         teacher_epochs / teacher_learning_rate: stage 1 (also the no-distillation baseline).
@@ -110,7 +111,7 @@ class MlfdStageArguments:
     """
 
     output_dir: str = "outputs/mlfd"
-    benchmark_path: str | None = None
+    benchmark: str | None = None
     domains: list[str] = field(default_factory=lambda: ["clothing", "digits", "animals"])
     teacher_backbones: list[str] = field(
         default_factory=lambda: ["vit_tiny_patch16_224", "resnet10t", "resnet10t"]
@@ -122,7 +123,7 @@ class MlfdStageArguments:
     train_resize_size: int = 36
     image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    max_train_samples: int | None = None
+    max_train_per_domain: int | None = None
     seed: int = 0
     batch_size: int = 64
     eval_batch_size: int = 256
@@ -245,7 +246,7 @@ def _train_transform(args: MlfdStageArguments, mean: list[float], std: list[floa
 
 
 def _train_split(benchmark: Benchmark, domain: str, args: MlfdStageArguments) -> datasets.Dataset:
-    return subset_split(benchmark.domains[domain]["train"], args.max_train_samples, SUBSET_SEED)
+    return subset_split(benchmark.domains[domain]["train"], args.max_train_per_domain, SUBSET_SEED)
 
 
 def _labels(split: datasets.Dataset) -> list[int]:
@@ -390,7 +391,7 @@ def cache_spec(
     folder = Path(args.output_dir) / "teachers"
     rows = None
     if split == "train":
-        rows = subset_indices(len(benchmark.domains[domain]["train"]), args.max_train_samples, SUBSET_SEED)
+        rows = subset_indices(len(benchmark.domains[domain]["train"]), args.max_train_per_domain, SUBSET_SEED)
     return FeatureCacheSpec(
         teacher=[f"{name}:{teachers[name].config.backbone}" for name in names],
         layer=",".join(str(teachers[name].config.feature_levels) for name in names),
