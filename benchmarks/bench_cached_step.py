@@ -1,7 +1,8 @@
-"""UDON step on cached features through ``UdonTrainer.train()`` against a bare PyTorch loop on the same tensors.
+"""UDON step on cached features through ``UdonTrainer.train()`` against a bare PyTorch loop on the same tensors,
+and building a trunk cache against the bare frozen forward of the same images.
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_cached_step.py [--steps 120] [--repeats 2] [--batch-size 64]
-        [--rows-per-domain 2000] [--threads 1]
+        [--rows-per-domain 2000] [--threads 1] [--cache-images 512] [--benchmark data/manydomain]
 
 The setting of ``benchmarks/udon_results.py``: cached 1280-d Lite0 features of ``data/manydomain``'s eight
 domains (random values of that shape and the benchmark's class counts here — the step's cost does not depend on
@@ -11,6 +12,11 @@ features (what the results scripts train on: batched reads, domain sampler, loss
 trainer's optimizer and scheduler); the limit is a bare loop that indexes in-memory tensors and calls the same
 model, loss, optimizer and clipping. Runs alternate (``--repeats`` times); each figure is the median time
 between consecutive step ends, the first five steps of each run left out.
+
+Trunk cache (``--cache-images`` real images of the benchmark's cjk training split, EfficientNet-Lite0 offline
+weights, 64 px, ``trainable_from=5``): ``build_feature_cache`` as ``hf_distill.data.trunk_cache`` calls it (decode,
+seeded transform, trunk forward, Arrow write) against the trunk forward alone on the same images already
+transformed in memory, same batch size; ``--threads`` torch threads for both. Skipped without the benchmark.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 from datasets import Dataset
-from table import emit_row, load_average
+from table import emit_row, interleaved_medians, load_average
 from transformers import TrainerCallback
 
 from hf_distill.losses import UdonLoss
@@ -154,6 +160,60 @@ def bare_run(
     return intervals(ends)
 
 
+def cache_building(args: argparse.Namespace) -> None:
+    """The trunk-cache row (see the module docstring)."""
+    import os
+
+    from hf_distill.data import ImageTransform, load_domains
+    from hf_distill.layers.trunk import trunk_forward
+    from hf_distill.teachers.cache import FeatureCacheSpec, build_feature_cache
+    from hf_distill.teachers.offline import create_offline_model, resolve_offline_weights
+
+    if not os.path.isfile(os.path.join(args.benchmark, "benchmark.json")):
+        print(f"no benchmark at {args.benchmark}: trunk-cache row skipped (make data)")
+        return
+    images = load_domains(args.benchmark, ["cjk"]).domains["cjk"]["train"].select(range(args.cache_images))
+    images = images.select_columns(["image"])
+    weights = resolve_offline_weights("efficientnet_lite0")
+    backbone = create_offline_model("efficientnet_lite0", num_classes=0).eval()
+    backbone = backbone.to(memory_format=torch.channels_last)
+    transform = ImageTransform(64, weights.mean, weights.std, train=False)
+
+    def extract(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+        return {"maps": trunk_forward(backbone, pixels, 5).float().contiguous()}
+
+    pixels = torch.stack([transform(image) for image in images["image"]])
+
+    def bare() -> None:
+        with torch.inference_mode():
+            for chunk in pixels.split(128):
+                extract(chunk)
+
+    with tempfile.TemporaryDirectory() as root:
+        runs = iter(range(10_000))
+
+        def build() -> None:
+            spec = FeatureCacheSpec(teacher="tf_efficientnet_lite0", layer="trunk: blocks before 5")
+            build_feature_cache(images, extract, transform, spec, f"{root}/{next(runs)}", batch_size=128)
+
+        logging.getLogger("hf_distill").setLevel(logging.WARNING)
+        medians = interleaved_medians({"build": build, "bare": bare}, repeats=args.repeats)
+    print(
+        f"  trunk cache of {args.cache_images} images: build {medians['build']:.2f} s, "
+        f"bare forward {medians['bare']:.2f} s"
+    )
+    emit_row(
+        "trunk cache build (decode, transform, trunk forward, Arrow write), Lite0 64 px, cut 5",
+        medians["build"],
+        "trunk forward alone on the same images in memory",
+        medians["bare"],
+        "s",
+        1.1,
+        note=f"{args.cache_images} images, batch 128, {args.threads} thread(s), load {load_average():.1f}",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=120, help="optimizer steps per run")
@@ -161,6 +221,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rows-per-domain", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cache-images", type=int, default=512)
+    parser.add_argument("--benchmark", default="data/manydomain")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch threads: {args.threads}; load average before: {load_average():.1f}")
@@ -185,6 +247,7 @@ def main() -> None:
         note=f"batch {args.batch_size}, 8 domains, 1280-d features, {args.threads} thread(s), "
         f"load {load_average():.1f}",
     )
+    cache_building(args)
     print(f"load average after: {load_average():.1f}")
 
 
