@@ -26,6 +26,13 @@ class DistillationTrainingArguments(TrainingArguments):
             log it at step 0 and warn at the end of training if the best evaluation is below it.
         divergence_window: the divergence guard warns (step and domain, also in ``run_summary.json``) when over
             this many steps the loss did not decrease while gradient norms collapsed or exploded; 0 turns it off.
+        stop_on_plateau: run to convergence: stop once ``metric_for_best_model`` (default ``merged/mean/R@1``)
+            gained at most ``plateau_min_gain`` over the last ``plateau_fraction`` of the steps done
+            (:class:`~hf_distill.trainers.callbacks.PlateauStoppingCallback`); ``max_steps`` / ``num_train_epochs``
+            is the cap. Needs an evaluation strategy; pair it with ``load_best_model_at_end`` to keep the best
+            validation checkpoint.
+        plateau_fraction / plateau_min_gain / plateau_min_steps: the rule's window (share of the steps done),
+            smallest gain that counts (metric units: 0.003 = 0.3 points of R@1) and earliest stopping step.
     """
 
     backbone_norm: str = field(
@@ -42,8 +49,36 @@ class DistillationTrainingArguments(TrainingArguments):
         },
     )
 
+    stop_on_plateau: bool = field(
+        default=False, metadata={"help": "stop when the validation metric stops improving (plateau rule)"}
+    )
+    plateau_fraction: float = field(
+        default=0.2, metadata={"help": "share of the steps done that must bring a gain (plateau rule)"}
+    )
+    plateau_min_gain: float = field(
+        default=0.003, metadata={"help": "smallest validation gain that counts, metric units (plateau rule)"}
+    )
+    plateau_min_steps: int = field(default=0, metadata={"help": "never stop on a plateau before this step"})
+
     def __post_init__(self) -> None:
+        if self.stop_on_plateau and self.metric_for_best_model is None:
+            # Set before the Trainer's checks, which derive greater_is_better from it.
+            self.metric_for_best_model = "merged/mean/R@1"
         super().__post_init__()
+        if self.stop_on_plateau:
+            if self.eval_strategy == "no":
+                raise ValueError(
+                    "stop_on_plateau needs evaluations: set eval_strategy ('steps' with eval_steps, or 'epoch')"
+                )
+            if (
+                not 0.0 < self.plateau_fraction < 1.0
+                or self.plateau_min_gain < 0
+                or self.plateau_min_steps < 0
+            ):
+                raise ValueError(
+                    "plateau_fraction must lie in (0, 1), plateau_min_gain and plateau_min_steps be >= 0; got "
+                    f"{self.plateau_fraction}, {self.plateau_min_gain}, {self.plateau_min_steps}"
+                )
         if self.divergence_window < 0:
             raise ValueError(
                 f"divergence_window must be >= 0 steps (0 turns the guard off), got {self.divergence_window}"
