@@ -8,7 +8,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from hf_distill.layers import BACKBONE_NORM_MODES
-from hf_distill.sampling import STRATEGIES, UNSEEN_RULES
+from hf_distill.sampling import LOSS_WINDOWS, STRATEGIES, UNSEEN_RULES
 
 
 @dataclass
@@ -112,6 +112,10 @@ class UdonTrainingArguments(DistillationTrainingArguments):
         sampling_temperature / sampling_floor: optional smoothing of dynamic probabilities (off).
         sampling_unseen_rule: dynamic update of domains unseen in the last window: ``"authors"`` (default, the
             released code) or ``"keep_mass"`` (see ``DomainBatchSampler``).
+        sampling_loss_window: losses a dynamic update averages: ``"update"`` (default, the last
+            ``sampling_update_every`` batches) or ``"summary"`` (the released code: everything since the last
+            logging summary, cleared every ``sampling_summary_every`` steps and after steps 1 and 2).
+        sampling_summary_every: steps between those summaries; default a tenth of an epoch.
         plot_sampling_curves: write ``sampling_curves.png`` (per-domain losses and probabilities).
     """
 
@@ -127,6 +131,12 @@ class UdonTrainingArguments(DistillationTrainingArguments):
     sampling_unseen_rule: str = field(
         default="authors", metadata={"help": f"one of {UNSEEN_RULES}: dynamic update of unseen domains"}
     )
+    sampling_loss_window: str = field(
+        default="update", metadata={"help": f"one of {LOSS_WINDOWS}: losses a dynamic update averages"}
+    )
+    sampling_summary_every: int | None = field(
+        default=None, metadata={"help": "steps between the released code's loss resets (loss_window=summary)"}
+    )
     plot_sampling_curves: bool = field(default=True, metadata={"help": "plot losses/probabilities to PNG"})
 
     def __post_init__(self) -> None:
@@ -136,6 +146,10 @@ class UdonTrainingArguments(DistillationTrainingArguments):
         if self.sampling_unseen_rule not in UNSEEN_RULES:
             raise ValueError(
                 f"sampling_unseen_rule must be one of {UNSEEN_RULES}, got {self.sampling_unseen_rule!r}"
+            )
+        if self.sampling_loss_window not in LOSS_WINDOWS:
+            raise ValueError(
+                f"sampling_loss_window must be one of {LOSS_WINDOWS}, got {self.sampling_loss_window!r}"
             )
         if self.backbone_frozen_epochs < 0:
             raise ValueError(f"backbone_frozen_epochs must be >= 0, got {self.backbone_frozen_epochs}")
