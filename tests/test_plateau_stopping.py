@@ -138,3 +138,17 @@ def test_real_trainer_stops_on_the_plateau_and_keeps_the_best_validation_checkpo
     assert trainer.state.best_model_checkpoint.endswith("checkpoint-8")
     summary = json.loads((tmp_path / RUN_SUMMARY_NAME).read_text())
     assert summary["plateau"]["stopped_at_step"] == 10
+
+
+def test_mlfd_stages_evaluated_stages_run_to_their_plateau(tmp_path):
+    from hf_distill.trainers.mlfd_stages import MlfdStageArguments, _training_arguments
+
+    args = MlfdStageArguments(stop_on_plateau=True, plateau_min_gain=0.01)
+    evaluated = _training_arguments(args, tmp_path, 30, 1e-3, 8, evaluated=True)
+    assert (
+        evaluated.stop_on_plateau and evaluated.eval_strategy == "epoch" and evaluated.load_best_model_at_end
+    )
+    assert evaluated.metric_for_best_model == "val/top1" and evaluated.plateau_min_gain == 0.01
+    # The joint teacher's stage has no evaluator: it keeps its epochs.
+    assert not _training_arguments(args, tmp_path, 30, 1e-3, 8).stop_on_plateau
+    assert not _training_arguments(MlfdStageArguments(), tmp_path, 3, 1e-3, 8, evaluated=True).stop_on_plateau
