@@ -37,7 +37,7 @@ SHARED = {
     "benchmark": "data/manydomain", "image_size": 64, "max_steps": 8000, "eval_steps": 400, "batch_size": 64,
     "learning_rate": 5e-3, "backbone_lr_ratio": 0.1, "frozen_epochs": 0.06, "update_every": 100,
     "logging_steps": 100, "adapter_layers": 1, "adapter_hidden": 256, "plateau_fraction": 0.2,
-    "plateau_min_gain": 0.003, "output_root": "outputs/udon_results",
+    "plateau_min_gain": 0.003, "plateau_min_steps": 800, "output_root": "outputs/udon_results",
 }  # fmt: skip
 START = [Row("start_full", "starting point: Lite0 features, 1280-d", {"start": "full"}, seeded=False),
          Row("start_pca64", "starting point: PCA-64", {"start": "pca64"}, seeded=False)]  # fmt: skip
@@ -175,7 +175,7 @@ def fit(settings: dict, seed: int, domains: list[str], out: Path, specialist: bo
         sampling_loss_window=settings.get("sampling_loss_window", "update"), logging_steps=settings["logging_steps"],
         eval_strategy="steps", eval_steps=every, save_strategy="steps", save_steps=every, save_total_limit=2,
         load_best_model_at_end=True, metric_for_best_model=PRIMARY, stop_on_plateau=True,
-        plateau_fraction=settings["plateau_fraction"], plateau_min_gain=settings["plateau_min_gain"],
+        plateau_fraction=settings["plateau_fraction"], plateau_min_gain=settings["plateau_min_gain"], plateau_min_steps=settings["plateau_min_steps"],
         report_to="none", remove_unused_columns=False, disable_tqdm=True, seed=seed,
         use_cpu=not torch.cuda.is_available(), plot_sampling_curves=False,
     )  # fmt: skip
@@ -211,6 +211,9 @@ def recipe_run(name: str, settings: dict, seed: int) -> dict:
     ]
     argv += ["--eval_steps", str(settings["eval_steps"]), "--save_steps", str(settings["eval_steps"])]
     argv += ["--stop_on_plateau", "true", "--backbone_frozen_epochs", "0"]
+    argv += [
+        f"--{key}={settings[key]}" for key in ("plateau_fraction", "plateau_min_gain", "plateau_min_steps")
+    ]
     argv += [f"--{key}={value}" for key, value in settings.items() if key not in SHARED]
     metrics = module.main(argv)
     history = json.loads((out / "log_history.json").read_text())
@@ -377,7 +380,8 @@ def main(argv: list[str] | None = None) -> None:
             domains=list(features(args.benchmark, args.image_size)["data"]), shared=shared,
             budget=f"every trained row stops once validation merged R@1 gained ≤ {100 * args.plateau_min_gain:.1f} "
             f"points over the last {100 * args.plateau_fraction:.0f} % of its steps (evaluated every {args.eval_steps} "
-            f"steps, cap {args.max_steps}); the best validation checkpoint is tested.",
+            f"steps, never before step {args.plateau_min_steps}, cap {args.max_steps}); the best validation checkpoint "
+            "is tested.",
         )  # fmt: skip
         rows = [ROWS[name] for name in args.rows]
         page = sweep.run_sweep(

@@ -560,6 +560,21 @@ def write_page(page: dict, output: Path) -> None:
     output.write_text("\n".join(lines))
 
 
+def prepare(rows: list[Row], shared: dict) -> None:
+    """Build the evaluation images and the students' target cache once, here, before the workers read them."""
+    from hf_distill.teachers import load_teachers
+
+    for row in rows:
+        values = {**shared, **row.settings}
+        if "student_offline_weights" in values:
+            continue
+        settings = settings_of(values)
+        evaluation_benchmark(settings, settings.directory(values["work_dir"], "evaluation") / "images")
+        if values["kind"] == "student" and values["variant"] != "starting_point":
+            images = training_images(load_benchmark(settings.benchmark), settings)
+            feature_cache(settings, load_teachers(teacher_specs(settings)), images, values["work_dir"])
+
+
 def accepted() -> set[str]:
     """Setting names this script routes itself plus the UNIC recipe's (a pretrained CNN student lives there)."""
     sys.path.insert(0, str(ROOT / "recipes"))
@@ -617,6 +632,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.eval_steps} steps, cap {args.steps}); the best validation checkpoint is tested.",
         )  # fmt: skip
         rows = [ROWS[name] for name in args.rows]
+        prepare(rows, shared)
         page = sweep.run_sweep(
             rows, args.seeds, shared, train_run, output.with_suffix(".json"), accepted(), args.jobs, page
         )
