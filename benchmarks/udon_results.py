@@ -319,6 +319,20 @@ def claims(page: dict, trained: list[Row], prefix: str = "") -> list[str]:
     return [line for line in lines if not line.endswith("not measured.")]
 
 
+SETTING = (
+    "**Setting.** (i) every row trains on cached frozen EfficientNet-Lite0 features (offline ImageNet weights, "
+    "{image_size} px, 1280-d, one un-augmented view per image): its trainable backbone is a residual adapter "
+    "({adapter_layers} block, hidden {adapter_hidden}, the identity at initialisation), so every method starts at the "
+    "starting-point features and UDON's backbone learning rate, frozen steps and distillation gradient path act on "
+    "that adapter. (ii) `ft_*` rows fine-tune Lite0's top stages over its cached trunk (`recipes/udon.py`, "
+    "`trainable_from`). Shared: batch {batch_size} single-domain batches, AdamW, head lr {learning_rate:g} constant, "
+    "backbone lr × {backbone_lr_ratio:g}, weight decay 1e-6, dynamic-sampling window {update_every} batches; "
+    "validation = the val split (held-out images of the training classes), test = unseen classes, query = index "
+    "with the query removed, unweighted mean over domains; the naive baseline's specialists (256-d head) run to "
+    "their own plateau first. Figures in percent, mean ± sample std over seeds."
+)
+
+
 def write_page(page: dict, report: Path) -> None:
     setup = page["setup"]
     domains = setup["domains"]
@@ -330,6 +344,12 @@ def write_page(page: dict, report: Path) -> None:
               "standard deviations, does not hold when it is below minus that sum, else it is within seed noise.", ""]  # fmt: skip
     lines += [f"- {note}" for note in page.get("notes", []) + page.get("findings", [])]
     lines += [f"- row `{name}` skipped: {why}" for name, why in page.get("skipped", {}).items()]
+    lines += [
+        "",
+        SETTING.format(
+            **{**SHARED, **{k: setup[k] for k in SHARED if k in setup}, **setup.get("shared", {})}
+        ),
+    ]
     lines += ["", "**Budget rule.** " + setup.get("budget", "(this page predates the plateau rule: fixed steps, "
               "last step evaluated)"), "", "Produced by:", "", "```", setup.get("command", ""), "```", ""]  # fmt: skip
     for title, rows in (
