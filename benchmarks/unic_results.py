@@ -70,7 +70,7 @@ PRETRAINED = {  # regime (ii): what its rows set on top of the shared settings
     "image_size": 64,
     "teacher_image_size": 64,
 }
-STUDENT_START = {"student_offline_weights": "efficientnet_lite0", "trainable_from": 5, "teacher_views": 4}
+STUDENT_START = {"student_offline_weights": "efficientnet_lite0", "trainable_from": 5, "cache_views": 4}
 SCRATCH = [
     Row(f"teacher_{t}", f"teacher: {t}", {"kind": "teacher", "teacher": t}, seeded=False)
     for t in SCRATCH_TEACHERS
@@ -390,6 +390,10 @@ def recipe_run(name: str, values: dict, seed: int) -> dict:
         str(options["standardize_targets"]),
     ]
     argv += [f"--{key}={value}" for key, value in STUDENT_START.items()] + ["--report_to", "none"]
+    argv += ["--max_train_per_domain", str(values["max_train_per_domain"])]
+    argv += [f"--{key}={values[key]}" for key in ("plateau_fraction", "plateau_min_gain")]
+    if options["ladder_blocks"] is not None:
+        argv += ["--ladder_blocks", *map(str, options["ladder_blocks"])]
     metrics = module.main(argv)
     history = json.loads((out / "log_history.json").read_text())
     curve = sweep.validation_curve(history)
