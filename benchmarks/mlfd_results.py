@@ -37,17 +37,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shlex
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sweep  # noqa: E402
+from sweep import Row  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("single", "multi")
@@ -81,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default="recipes/configs/mlfd_offline.yaml")
     parser.add_argument("--benchmark", default="data/manydomain")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=3, help="seeds run at the same time")
+    parser.add_argument("--jobs", type=int, default=2, help="seeds run at the same time (at most 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per seed process")
     parser.add_argument(
         "--unseen", nargs="+", default=["typefaces", "photos"], help="domains for the universality check"
@@ -235,8 +238,9 @@ def run_seed(
     torch.set_num_threads(threads)
     base = Path(work_dir) / f"seed{seed}"
     log = (base / "run.log").open("a")
-    os.dup2(log.fileno(), 1)
-    os.dup2(log.fileno(), 2)
+    if multiprocessing.parent_process() is not None:  # a worker: its output goes to the seed's log
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
     setup_logging()
     datasets.disable_progress_bars()
     start = time.perf_counter()
@@ -306,19 +310,12 @@ def seed_values(records: list[dict], row: str, domains: list[str], column: str, 
     return values
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def cell(values: list[float]) -> str:
-    mean, std = mean_std(values)
-    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+mean_std, cell = sweep.mean_std, sweep.cell
 
 
 def beyond_noise(a: list[float], b: list[float]) -> bool:
-    """Whether two means differ by more than the sum of their standard deviations (the issue's rule)."""
-    (mean_a, std_a), (mean_b, std_b) = mean_std(a), mean_std(b)
-    return abs(mean_a - mean_b) > std_a + std_b
+    """Whether two means differ by more than the sum of their standard deviations (``sweep.verdict``)."""
+    return sweep.verdict(a, b)[0] != sweep.NOISE
 
 
 def comparison(a: list[float], b: list[float]) -> str:
@@ -327,12 +324,14 @@ def comparison(a: list[float], b: list[float]) -> str:
 
 
 def main_table(records: list[dict], domains: list[str], metric: str) -> list[str]:
-    lines = ["| row | " + " | ".join(domains) + " | **mean** |", "|---|" + "---:|" * (len(domains) + 1)]
-    for row, label in ROWS:
-        cells = [cell(seed_values(records, row, domains, column, metric)) for column in [*domains, "mean"]]
-        cells[-1] = f"**{cells[-1]}**"
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return lines
+    """The page's table of ``metric`` (``sweep.table`` over each row's per-seed values)."""
+    columns = [*domains, "mean"]
+    page = {"rows": {row: [{} for _ in records] for row, _ in ROWS}}
+    for row, _ in ROWS:
+        for column in columns:
+            for slot, value in zip(page["rows"][row], seed_values(records, row, domains, column, metric)):
+                slot[column] = value
+    return sweep.table(page, ROWS, columns, lambda column: column)
 
 
 def delta_table(records: list[dict], domains: list[str]) -> list[str]:
@@ -496,8 +495,9 @@ def plots(records: list[dict], domains: list[str], unseen: list[str], output: Pa
     return paths
 
 
-def report(results: dict[str, Any], output: Path) -> str:
-    records = [results["records"][str(seed)] for seed in results["seeds"]]
+def report(page: dict[str, Any], output: Path) -> str:
+    results = page["setup"]
+    records = page["rows"]["mlfd"]
     arguments = records[0]["stages"]["single"]["arguments"]
     domains, unseen = arguments["domains"], results["unseen"]
     backbones = dict(zip(domains, arguments["teacher_backbones"]))
@@ -597,11 +597,34 @@ def report(results: dict[str, Any], output: Path) -> str:
 # ----------------------------------------------------------------------------------------------- main
 
 
+def convert(page: dict[str, Any]) -> dict[str, Any]:
+    """A page written before the shared runner (``records`` by seed) in the runner's shape."""
+    if "records" not in page:
+        return page
+    setup = {key: value for key, value in page.items() if key != "records"}
+    runs = [{**page["records"][str(seed)], "seed": seed} for seed in page["seeds"]]
+    return {"setup": setup, "rows": {"mlfd": runs}}
+
+
+def train_run(name: str, settings: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The sweep's training function: every stage of one seed (both fusion variants), see :func:`run_seed`."""
+    return run_seed(
+        settings["config"],
+        settings["flags"],
+        settings["benchmark"],
+        seed,
+        settings["work_dir"],
+        settings["threads"],
+        settings["unseen"],
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     output = Path(args.output)
+    page = convert(sweep.load_page(output.with_suffix(".json")))
     if args.report_only:
-        output.write_text(report(json.loads(output.with_suffix(".json").read_text()), output))
+        output.write_text(report(page, output))
         print(f"rewrote {output} from {output.with_suffix('.json')}")
         return 0
     overrides = dict(item.split("=", 1) for item in args.overrides)
@@ -618,56 +641,39 @@ def main(argv: list[str] | None = None) -> int:
     print(command, flush=True)
     os.environ.update(OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
     flags = [part for key, value in overrides.items() for part in (f"--{key}", *value.split())]
-    work = Path(args.work_dir)
-    fingerprint = {"settings": settings, "benchmark": args.benchmark, "unseen": args.unseen}
-    load_start, start = os.getloadavg()[0], time.perf_counter()
-    records: dict[str, dict] = {}
-    pending = []
+    shared = {
+        "settings": settings,
+        "benchmark": args.benchmark,
+        "unseen": args.unseen,
+        "config": args.config,
+        "flags": flags,
+        "work_dir": args.work_dir,
+        "threads": args.threads,
+    }
     for seed in args.seeds:
-        path = work / f"seed{seed}" / "record.json"
-        if path.exists():
-            stored = json.loads(path.read_text())
-            if stored["fingerprint"] != fingerprint:
-                raise SystemExit(f"{path} was made with other settings; use another --work-dir")
-            records[str(seed)] = stored
-        else:
-            (work / f"seed{seed}").mkdir(parents=True, exist_ok=True)
-            pending.append(seed)
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=get_context("spawn")) as pool:
-        futures = {
-            pool.submit(
-                run_seed, args.config, flags, args.benchmark, seed, args.work_dir, args.threads, args.unseen
-            ): seed
-            for seed in pending
-        }
-        for future in as_completed(futures):
-            seed = futures[future]
-            record = {**future.result(), "fingerprint": fingerprint}
-            (work / f"seed{seed}" / "record.json").write_text(json.dumps(record, indent=1))
-            records[str(seed)] = record
-            print(
-                f"seed {seed} done in {record['seconds']['total']:.0f} s (load {record['load']:.1f})",
-                flush=True,
-            )
-    results = {
+        (Path(args.work_dir) / f"seed{seed}").mkdir(parents=True, exist_ok=True)
+    load_start, start = os.getloadavg()[0], time.perf_counter()
+    row = Row("mlfd", "the MLFD stages of one seed, both fusion variants")
+    page = sweep.run_sweep(
+        [row], args.seeds, shared, train_run, output.with_suffix(".json"), jobs=args.jobs, page=page
+    )
+    page["rows"]["mlfd"] = [record for record in page["rows"]["mlfd"] if record["seed"] in args.seeds]
+    page["setup"] = {
         "command": command,
         "seeds": args.seeds,
         "unseen": args.unseen,
-        "jobs": args.jobs,
+        "jobs": min(args.jobs, sweep.MAX_JOBS),
         "threads": args.threads,
         "wall_seconds": time.perf_counter() - start,
         "load_start": load_start,
         "load_end": os.getloadavg()[0],
-        "records": records,
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(report(results, output))
-    output.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    sweep.save_page(page, output.with_suffix(".json"))
+    output.write_text(report(page, output))
     print(output.read_text())
     print(
-        f"wall {results['wall_seconds'] / 60:.1f} min, load average {load_start:.1f} → {results['load_end']:.1f}"
+        f"wall {page['setup']['wall_seconds'] / 60:.1f} min, load average {load_start:.1f} → {page['setup']['load_end']:.1f}"
     )
-    print(command)
     return 0
 
 

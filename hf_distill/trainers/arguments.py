@@ -8,7 +8,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from hf_distill.layers import BACKBONE_NORM_MODES
-from hf_distill.sampling import STRATEGIES, UNSEEN_RULES
+from hf_distill.sampling import LOSS_WINDOWS, STRATEGIES, UNSEEN_RULES
 
 
 @dataclass
@@ -26,6 +26,13 @@ class DistillationTrainingArguments(TrainingArguments):
             log it at step 0 and warn at the end of training if the best evaluation is below it.
         divergence_window: the divergence guard warns (step and domain, also in ``run_summary.json``) when over
             this many steps the loss did not decrease while gradient norms collapsed or exploded; 0 turns it off.
+        stop_on_plateau: run to convergence: stop once ``metric_for_best_model`` (default ``merged/mean/R@1``)
+            gained at most ``plateau_min_gain`` over the last ``plateau_fraction`` of the steps done
+            (:class:`~hf_distill.trainers.callbacks.PlateauStoppingCallback`); ``max_steps`` / ``num_train_epochs``
+            is the cap. Needs an evaluation strategy; pair it with ``load_best_model_at_end`` to keep the best
+            validation checkpoint.
+        plateau_fraction / plateau_min_gain / plateau_min_steps: the rule's window (share of the steps done),
+            smallest gain that counts (metric units: 0.003 = 0.3 points of R@1) and earliest stopping step.
     """
 
     backbone_norm: str = field(
@@ -42,8 +49,36 @@ class DistillationTrainingArguments(TrainingArguments):
         },
     )
 
+    stop_on_plateau: bool = field(
+        default=False, metadata={"help": "stop when the validation metric stops improving (plateau rule)"}
+    )
+    plateau_fraction: float = field(
+        default=0.2, metadata={"help": "share of the steps done that must bring a gain (plateau rule)"}
+    )
+    plateau_min_gain: float = field(
+        default=0.003, metadata={"help": "smallest validation gain that counts, metric units (plateau rule)"}
+    )
+    plateau_min_steps: int = field(default=0, metadata={"help": "never stop on a plateau before this step"})
+
     def __post_init__(self) -> None:
+        if self.stop_on_plateau and self.metric_for_best_model is None:
+            # Set before the Trainer's checks, which derive greater_is_better from it.
+            self.metric_for_best_model = "merged/mean/R@1"
         super().__post_init__()
+        if self.stop_on_plateau:
+            if self.eval_strategy == "no":
+                raise ValueError(
+                    "stop_on_plateau needs evaluations: set eval_strategy ('steps' with eval_steps, or 'epoch')"
+                )
+            if (
+                not 0.0 < self.plateau_fraction < 1.0
+                or self.plateau_min_gain < 0
+                or self.plateau_min_steps < 0
+            ):
+                raise ValueError(
+                    "plateau_fraction must lie in (0, 1), plateau_min_gain and plateau_min_steps be >= 0; got "
+                    f"{self.plateau_fraction}, {self.plateau_min_gain}, {self.plateau_min_steps}"
+                )
         if self.divergence_window < 0:
             raise ValueError(
                 f"divergence_window must be >= 0 steps (0 turns the guard off), got {self.divergence_window}"
@@ -77,6 +112,10 @@ class UdonTrainingArguments(DistillationTrainingArguments):
         sampling_temperature / sampling_floor: optional smoothing of dynamic probabilities (off).
         sampling_unseen_rule: dynamic update of domains unseen in the last window: ``"authors"`` (default, the
             released code) or ``"keep_mass"`` (see ``DomainBatchSampler``).
+        sampling_loss_window: losses a dynamic update averages: ``"update"`` (default, the last
+            ``sampling_update_every`` batches) or ``"summary"`` (the released code: everything since the last
+            logging summary, cleared every ``sampling_summary_every`` steps and after steps 1 and 2).
+        sampling_summary_every: steps between those summaries; default a tenth of an epoch.
         plot_sampling_curves: write ``sampling_curves.png`` (per-domain losses and probabilities).
     """
 
@@ -92,6 +131,12 @@ class UdonTrainingArguments(DistillationTrainingArguments):
     sampling_unseen_rule: str = field(
         default="authors", metadata={"help": f"one of {UNSEEN_RULES}: dynamic update of unseen domains"}
     )
+    sampling_loss_window: str = field(
+        default="update", metadata={"help": f"one of {LOSS_WINDOWS}: losses a dynamic update averages"}
+    )
+    sampling_summary_every: int | None = field(
+        default=None, metadata={"help": "steps between the released code's loss resets (loss_window=summary)"}
+    )
     plot_sampling_curves: bool = field(default=True, metadata={"help": "plot losses/probabilities to PNG"})
 
     def __post_init__(self) -> None:
@@ -101,6 +146,10 @@ class UdonTrainingArguments(DistillationTrainingArguments):
         if self.sampling_unseen_rule not in UNSEEN_RULES:
             raise ValueError(
                 f"sampling_unseen_rule must be one of {UNSEEN_RULES}, got {self.sampling_unseen_rule!r}"
+            )
+        if self.sampling_loss_window not in LOSS_WINDOWS:
+            raise ValueError(
+                f"sampling_loss_window must be one of {LOSS_WINDOWS}, got {self.sampling_loss_window!r}"
             )
         if self.backbone_frozen_epochs < 0:
             raise ValueError(f"backbone_frozen_epochs must be >= 0, got {self.backbone_frozen_epochs}")

@@ -32,7 +32,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_distill.registry import get_method
 from hf_distill.teachers.cache import seeded_calls
-from hf_distill.trainers.callbacks import StartingPointCallback
+from hf_distill.trainers.callbacks import PlateauStoppingCallback, StartingPointCallback
 from hf_distill.trainers.divergence import DivergenceGuard
 
 logger = logging.getLogger(__name__)
@@ -317,6 +317,15 @@ class DistillationTrainer(Trainer):
             unwrapped.train(unwrapped.training)
         if self.evaluator is not None and getattr(self.args, "evaluate_starting_point", False):
             self.add_callback(StartingPointCallback(self))
+        if getattr(self.args, "stop_on_plateau", False):
+            self.add_callback(
+                PlateauStoppingCallback(
+                    self.args.plateau_fraction,
+                    self.args.plateau_min_gain,
+                    self.args.plateau_min_steps,
+                    trainer=self,
+                )
+            )
 
     def _validate_args(self) -> None:
         if self.evaluator is not None and self.eval_dataset is None:

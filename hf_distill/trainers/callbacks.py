@@ -248,3 +248,119 @@ class ModelCardCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self.card_data.trained_steps = state.global_step
         self.card_data.log_history = [dict(entry) for entry in state.log_history]
+
+
+def plateau_reached(
+    evaluations: list[tuple[int, float]], fraction: float, min_gain: float, greater_is_better: bool = True
+) -> bool:
+    """The run-to-convergence rule: whether the last ``fraction`` of the steps gained at most ``min_gain``.
+
+    With the last evaluation at step ``t``, the evaluations split at ``(1 - fraction) · t``; the rule holds when the
+    best value after the split beats the best value up to it by no more than ``min_gain``. It needs at least one
+    evaluation on each side (so never holds on the first evaluation).
+
+    Args:
+        evaluations: ``(step, value)`` of every evaluation so far, in step order.
+        fraction: share of the steps done so far that must bring a gain (e.g. 0.2).
+        min_gain: the smallest gain that counts, in the metric's units (0.003 = 0.3 points of a 0–1 R@1).
+        greater_is_better: whether larger values are better.
+    """
+    if not evaluations:
+        return False
+    boundary = evaluations[-1][0] * (1.0 - fraction)
+    sign = 1.0 if greater_is_better else -1.0
+    before = [sign * value for step, value in evaluations if step <= boundary]
+    after = [sign * value for step, value in evaluations if step > boundary]
+    if not before or not after:
+        return False
+    return max(after) - max(before) <= min_gain
+
+
+class PlateauStoppingCallback(TrainerCallback):
+    """Stops training once the validation metric has stopped improving (the run-to-convergence budget rule).
+
+    Rule: after every evaluation at step ``t`` (not before ``min_steps``), training stops when the best value of
+    ``metric_for_best_model`` over the last ``fraction`` of the steps, ``((1 - fraction)·t, t]``, is not above the
+    best value up to ``(1 - fraction)·t`` by more than ``min_gain`` (:func:`plateau_reached`); ``max_steps`` (or
+    ``num_train_epochs``) stays the cap. Use it with ``load_best_model_at_end`` so that the model kept is the best
+    evaluated checkpoint, as UDON selects on validation merged R@1. The step-0 starting-point evaluation is not
+    counted (it measures the untrained model). The evaluations are read back from ``log_history`` when training
+    starts, so a resumed run applies the rule to the whole run.
+
+    Args:
+        fraction: share of the steps done so far that must bring a gain (default 0.2: the last 20 %).
+        min_gain: gain that counts as progress, in the metric's units (default 0.003: 0.3 points of R@1).
+        min_steps: never stop before this step.
+        trainer: optional ``DistillationTrainer``: the stopping step goes into its run summary.
+    """
+
+    def __init__(
+        self, fraction: float = 0.2, min_gain: float = 0.003, min_steps: int = 0, trainer=None
+    ) -> None:
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"plateau fraction must lie in (0, 1), got {fraction}")
+        if min_gain < 0:
+            raise ValueError(f"plateau min_gain must be >= 0, got {min_gain}")
+        self.fraction = fraction
+        self.min_gain = min_gain
+        self.min_steps = min_steps
+        self.trainer = trainer
+        self.evaluations: list[tuple[int, float]] = []
+        self.stopped_at: int | None = None
+
+    @staticmethod
+    def _key(args) -> str:
+        metric = args.metric_for_best_model
+        if not metric:
+            raise ValueError("PlateauStoppingCallback needs metric_for_best_model (e.g. 'merged/mean/R@1')")
+        return metric if metric.startswith("eval_") else f"eval_{metric}"
+
+    def _record(self, step: int, value: float) -> None:
+        # The same step evaluated twice (an eval dataset and an evaluator) keeps one value.
+        if self.evaluations and self.evaluations[-1][0] == step:
+            self.evaluations[-1] = (step, value)
+        else:
+            self.evaluations.append((step, value))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        key = self._key(args)
+        self.evaluations, self.stopped_at = [], None
+        for entry in state.log_history:
+            if key in entry and not entry.get(STARTING_POINT_MARKER):
+                self._record(int(entry["step"]), float(entry[key]))
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        key = self._key(args)
+        if not metrics or key not in metrics:
+            return
+        self._record(state.global_step, float(metrics[key]))
+        if state.global_step < self.min_steps:
+            return
+        if plateau_reached(
+            self.evaluations, self.fraction, self.min_gain, args.greater_is_better is not False
+        ):
+            self.stopped_at = state.global_step
+            control.should_training_stop = True
+            logger.info(
+                "%s gained at most %g over the last %.0f%% of %d steps: stopping (plateau)",
+                key,
+                self.min_gain,
+                100 * self.fraction,
+                state.global_step,
+            )
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if not self.evaluations:
+            logger.warning(
+                "stop_on_plateau: no evaluation logged %s; training ran to its cap", self._key(args)
+            )
+        if self.trainer is not None:
+            self.trainer.add_to_run_summary(
+                "plateau",
+                {
+                    "stopped_at_step": self.stopped_at,
+                    "fraction": self.fraction,
+                    "min_gain": self.min_gain,
+                    "evaluations": [list(item) for item in self.evaluations],
+                },
+            )

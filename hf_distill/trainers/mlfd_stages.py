@@ -107,6 +107,10 @@ class MlfdStageArguments:
         weight_decay: AdamW weight decay of every stage (released: 1e-3).
         logging_steps: Trainer logging interval.
         evaluate_starting_point: measure each untrained teacher and student before its first step.
+        stop_on_plateau / plateau_fraction / plateau_min_gain: run stages 1 and 4 to convergence: evaluate val
+            top-1 every epoch, stop once it gained at most ``plateau_min_gain`` over the last ``plateau_fraction``
+            of the steps (``*_epochs`` become the caps) and keep the best epoch
+            (:class:`~hf_distill.trainers.callbacks.PlateauStoppingCallback`).
         push_to_hub / hub_model_id: publish each student's embedder as ``<hub_model_id>-<domain>``.
     """
 
@@ -125,6 +129,9 @@ class MlfdStageArguments:
     image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     max_train_per_domain: int | None = None
     seed: int = 0
+    stop_on_plateau: bool = False
+    plateau_fraction: float = 0.2
+    plateau_min_gain: float = 0.003
     batch_size: int = 64
     eval_batch_size: int = 256
     teacher_epochs: float = 3.0
@@ -202,8 +209,26 @@ def _write_json(path: Path, payload: dict) -> None:
 
 
 def _training_arguments(
-    args: MlfdStageArguments, folder: Path, epochs: float, learning_rate: float, batch_size: int
+    args: MlfdStageArguments,
+    folder: Path,
+    epochs: float,
+    learning_rate: float,
+    batch_size: int,
+    evaluated: bool = False,
 ) -> MlfdTrainingArguments:
+    # Stages with an evaluator (1 and 4) can run to their val plateau; the joint teacher (3) has none.
+    plateau = (
+        {
+            "stop_on_plateau": True,
+            "eval_strategy": "epoch",
+            "load_best_model_at_end": True,
+            "metric_for_best_model": MlfdClassifierEvaluator.primary_metric,
+            "plateau_fraction": args.plateau_fraction,
+            "plateau_min_gain": args.plateau_min_gain,
+        }
+        if args.stop_on_plateau and evaluated
+        else {}
+    )
     return MlfdTrainingArguments(
         output_dir=str(folder / "checkpoints"),
         num_train_epochs=epochs,
@@ -221,6 +246,7 @@ def _training_arguments(
         dataloader_pin_memory=False,
         disable_tqdm=True,
         evaluate_starting_point=args.evaluate_starting_point,
+        **plateau,
     )
 
 
@@ -306,7 +332,7 @@ def train_classifier(
         epochs / learning_rate: the schedule.
         trainer_kwargs: passed to :class:`MlfdTrainer` (``loss``, ``domain_names``).
     """
-    training_args = _training_arguments(args, folder, epochs, learning_rate, args.batch_size)
+    training_args = _training_arguments(args, folder, epochs, learning_rate, args.batch_size, evaluated=True)
     evaluator = MlfdClassifierEvaluator(benchmark, args.eval_batch_size)
     trainer = MlfdTrainer(
         model=model, args=training_args, train_dataset=dataset, evaluator=evaluator, **trainer_kwargs

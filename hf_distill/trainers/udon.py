@@ -124,6 +124,8 @@ class UdonTrainer(DistillationTrainer):
             probability_temperature=self.args.sampling_temperature,
             probability_floor=self.args.sampling_floor,
             unseen_rule=self.args.sampling_unseen_rule,
+            loss_window=self.args.sampling_loss_window,
+            summary_every=self.args.sampling_summary_every,
         )
 
     # --------------------------------------------------------------------------------------- losses

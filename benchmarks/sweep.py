@@ -1,0 +1,360 @@
+"""The one sweep runner of the results pages (``udon_results.py``, ``unic_results.py``, ``mlfd_results.py``).
+
+A page is rows × seeds. A script declares its rows (:class:`Row`: a name, a label and the settings that differ)
+and one training function; this module runs the missing (row, seed) runs in at most two worker processes, stores
+each finished run in the page's JSON twin (the store: resumable, every run keyed by the hash of its settings and
+seed, so a relaunch with the same settings skips it and a changed row is run again), and builds the page's
+pieces from that JSON alone — Markdown tables of mean ± sample std over seeds, claim verdicts, bar plots and the
+validation curve (merged R@1 against steps) of every row — so ``--report-only`` rebuilds a page without training.
+
+Records are flat: ``{"seed", "key", <metric key>: value, ..., "curve": [[step, value], ...],
+"selected_step", "seconds", "load"}``; metric keys follow ``hf_distill.evaluation`` (``merged/<domain>/R@1``).
+
+Verdict rule (the issue's noise rule): with ``d`` = mean(a) − mean(b) and ``n`` = std(a) + std(b) (sample stds
+over seeds), a claim "a beats b" *holds* when ``d > n``, *does not hold* when ``d < −n`` and is *within seed
+noise* otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, fields, is_dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+MAX_JOBS = 2
+HOLDS, DOES_NOT_HOLD, NOISE = "holds", "does not hold", "within seed noise"
+CURVE_KEY = "eval_merged/mean/R@1"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a results table.
+
+    Args:
+        name: key of the row in the JSON.
+        label: text of the row in the tables.
+        settings: what this row sets (merged over the script's shared settings to make the run's settings).
+        seeded: False for a deterministic row (a starting point, a frozen teacher): run once, seed 0.
+    """
+
+    name: str
+    label: str
+    settings: dict = field(default_factory=dict)
+    seeded: bool = True
+
+
+def run_key(settings: dict, seed: int) -> str:
+    """The store key of one run: a hash of its settings (key order does not matter) and its seed.
+
+    Args:
+        settings: the run's full settings (JSON-serialisable).
+        seed: the run's seed.
+    """
+    text = json.dumps({"settings": settings, "seed": seed}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def accepted_names(*targets: Any) -> set[str]:
+    """Keyword names the given classes or functions accept (dataclass fields, else signature parameters).
+
+    Args:
+        *targets: classes (``UdonConfig``, ``UdonTrainingArguments`` …) or functions.
+    """
+    names: set[str] = set()
+    for target in targets:
+        if is_dataclass(target):
+            names |= {item.name for item in fields(target)}
+        else:
+            parameters = inspect.signature(target).parameters.values()
+            names |= {p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return names
+
+
+def unsupported(settings: dict, accepted: set[str]) -> list[str]:
+    """Setting names of a row that nothing in the library accepts yet (the row is skipped, not run).
+
+    Args:
+        settings: the row's settings.
+        accepted: what the script and the library accept (see :func:`accepted_names`).
+    """
+    return sorted(set(settings) - accepted)
+
+
+# ---------------------------------------------------------------------------------------------- store
+
+
+def load_page(path: Path) -> dict:
+    """The page's JSON (``{"setup": ..., "rows": {row: [records]}}``), or an empty page."""
+    if path.exists():
+        return json.loads(path.read_text())
+    return {"setup": {}, "rows": {}}
+
+
+def save_page(page: dict, path: Path) -> None:
+    """Write the page's JSON atomically (an interrupted write never leaves half a store)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(page, indent=1))
+    os.replace(temporary, path)
+
+
+def done_keys(page: dict) -> set[str]:
+    return {record["key"] for records in page["rows"].values() for record in records if "key" in record}
+
+
+def add_record(page: dict, row: str, record: dict) -> None:
+    """Store ``record`` under ``row`` (replacing a record with the same key), runs kept in seed order."""
+    records = [old for old in page["rows"].get(row, []) if old.get("key") != record.get("key")]
+    records.append(record)
+    page["rows"][row] = sorted(records, key=lambda item: item.get("seed", 0))
+
+
+def run_sweep(
+    rows: Sequence[Row],
+    seeds: Sequence[int],
+    shared: dict,
+    train: Callable[[str, dict, int], dict],
+    path: Path,
+    accepted: set[str] | None = None,
+    jobs: int = MAX_JOBS,
+    page: dict | None = None,
+) -> dict:
+    """Run every (row, seed) not yet in the store at ``path``; store each run as it finishes.
+
+    Args:
+        rows: the rows to run.
+        seeds: seeds of the seeded rows (deterministic rows run once, seed 0).
+        shared: settings every row shares (a row's settings override them).
+        train: ``train(row_name, settings, seed) -> metrics record``; a module-level function (it is pickled
+            into the worker processes).
+        path: the page's JSON (the store).
+        accepted: setting names the library accepts; rows setting others are skipped and listed in
+            ``page["skipped"]`` instead of crashing the sweep. None: no check.
+        jobs: worker processes, at most :data:`MAX_JOBS`; 1 runs in this process.
+        page: the page to add to (default: the one stored at ``path``).
+
+    Returns:
+        the page, also saved at ``path``.
+    """
+    page = load_page(path) if page is None else page
+    page.setdefault("rows", {})
+    page["skipped"] = {}
+    done = done_keys(page)
+    pending = []
+    for row in rows:
+        settings = {**shared, **row.settings}
+        missing = unsupported(row.settings, accepted) if accepted is not None else []
+        if missing:
+            page["skipped"][row.name] = f"settings the library does not accept yet: {', '.join(missing)}"
+            print(f"skipping {row.name}: {page['skipped'][row.name]}", flush=True)
+            continue
+        keys = {seed: run_key(settings, seed) for seed in (seeds if row.seeded else [0])}
+        # Runs of this row made with other settings (or seeds) no longer belong on the page.
+        page["rows"][row.name] = [r for r in page["rows"].get(row.name, []) if r.get("key") in keys.values()]
+        pending += [(row.name, settings, seed, key) for seed, key in keys.items() if key not in done]
+    save_page(page, path)
+    start = time.perf_counter()
+
+    def finish(name: str, seed: int, key: str, record: dict) -> None:
+        add_record(page, name, {**record, "seed": seed, "key": key})
+        save_page(page, path)
+        value = record.get("merged/mean/R@1")
+        shown = f"{100 * value:.1f}" if isinstance(value, float) else "—"
+        print(f"[{time.perf_counter() - start:6.0f} s] {name} seed {seed}: merged R@1 {shown}", flush=True)
+
+    jobs = max(1, min(jobs, MAX_JOBS))
+    if jobs == 1:
+        for name, settings, seed, key in pending:
+            finish(name, seed, key, timed(train, name, settings, seed))
+        return page
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = {
+            pool.submit(timed, train, name, settings, seed): (name, seed, key)
+            for name, settings, seed, key in pending
+        }
+        for future in as_completed(futures):
+            finish(*futures[future], future.result())
+    return page
+
+
+def timed(train: Callable[[str, dict, int], dict], name: str, settings: dict, seed: int) -> dict:
+    """``train(name, settings, seed)`` plus its wall seconds and the load average at its end."""
+    start = time.perf_counter()
+    record = dict(train(name, settings, seed))
+    record.setdefault("seconds", time.perf_counter() - start)
+    record.setdefault("load", os.getloadavg()[0])
+    return record
+
+
+# --------------------------------------------------------------------------------------- statistics
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def values(page: dict, row: str, key: str) -> list[float]:
+    """Per seed, ``key`` of ``row``'s records (rows missing the key give an empty list)."""
+    return [record[key] for record in page["rows"].get(row, []) if key in record]
+
+
+def cell(items: Sequence[float], scale: float = 100.0) -> str:
+    """``mean ± std`` in percent (``—`` when there is nothing)."""
+    if not items:
+        return "—"
+    mean, std = mean_std(items)
+    return f"{scale * mean:.1f} ± {scale * std:.1f}"
+
+
+def verdict(a: Sequence[float], b: Sequence[float]) -> tuple[str, float, float]:
+    """Whether "a beats b": (:data:`HOLDS` / :data:`DOES_NOT_HOLD` / :data:`NOISE`, difference, noise).
+
+    The difference and the noise (sum of the two stds) are in the values' units.
+
+    Args:
+        a: per-seed values of the row the claim is about.
+        b: per-seed values of the reference row.
+    """
+    (mean_a, std_a), (mean_b, std_b) = mean_std(a), mean_std(b)
+    delta, noise = mean_a - mean_b, std_a + std_b
+    if delta > noise:
+        return HOLDS, delta, noise
+    if delta < -noise:
+        return DOES_NOT_HOLD, delta, noise
+    return NOISE, delta, noise
+
+
+def verdict_line(claim: str, a: Sequence[float], b: Sequence[float], scale: float = 100.0) -> str:
+    """A Markdown verdict line: ``- **claim**: holds (+2.1 points, sum of stds 0.8).``"""
+    if not a or not b:
+        return f"- **{claim}**: not measured."
+    word, delta, noise = verdict(a, b)
+    return f"- **{claim}**: {word} ({scale * delta:+.1f} points, sum of stds {scale * noise:.1f})."
+
+
+def table(
+    page: dict,
+    rows: Iterable[tuple[str, str]],
+    columns: Sequence[str],
+    key: Callable[[str], str],
+    first: str = "row",
+) -> list[str]:
+    """Markdown table: one line per (row name, label) present in the page, one column per entry of
+    ``columns`` (``key(column)`` names the metric), the last column in bold, cells ``mean ± std``."""
+    lines = [f"| {first} | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for name, label in rows:
+        if not page["rows"].get(name):
+            continue
+        cells = [cell(values(page, name, key(column))) for column in columns]
+        cells[-1] = f"**{cells[-1]}**"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+# -------------------------------------------------------------------------------------------- curves
+
+
+def validation_curve(log_history: list[dict], key: str = CURVE_KEY) -> list[list[float]]:
+    """``[[step, value], ...]`` of the logged validation metric (the step-0 starting point included)."""
+    return [[entry["step"], entry[key]] for entry in log_history if key in entry]
+
+
+def selected_step(best_checkpoint: str | None) -> int | None:
+    """The step of the checkpoint kept by ``load_best_model_at_end`` (``.../checkpoint-800`` → 800)."""
+    if not best_checkpoint:
+        return None
+    return int(str(best_checkpoint).rstrip("/").rsplit("-", 1)[-1])
+
+
+# --------------------------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_bars(
+    page: dict,
+    rows: Iterable[tuple[str, str]],
+    columns: Sequence[str],
+    key: Callable[[str], str],
+    path: Path,
+    ylabel: str,
+) -> Path:
+    """Grouped bars (mean ± std over seeds) of every row for every column."""
+    import numpy as np
+
+    plt = _pyplot()
+    present = [(name, label) for name, label in rows if page["rows"].get(name)]
+    figure, axis = plt.subplots(figsize=(13, 5.2))
+    width = 0.8 / max(len(present), 1)
+    for index, (name, label) in enumerate(present):
+        stats = [mean_std(values(page, name, key(c)) or [float("nan")]) for c in columns]
+        positions = np.arange(len(columns)) + (index - len(present) / 2 + 0.5) * width
+        axis.bar(positions, [100 * m for m, _ in stats], width, yerr=[100 * s for _, s in stats], label=label)
+    axis.set_xticks(np.arange(len(columns)), columns)
+    axis.set_ylabel(ylabel)
+    axis.legend(fontsize="x-small", ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.08))
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_curves(page: dict, rows: Iterable[tuple[str, str]], path: Path, ylabel: str) -> Path | None:
+    """Validation metric against steps for every row with a stored curve (one line per seed, the selected
+    checkpoint marked), so a reader sees each plateau. None when no row has a curve."""
+    plt = _pyplot()
+    present = [(n, label) for n, label in rows if any(r.get("curve") for r in page["rows"].get(n, []))]
+    if not present:
+        return None
+    figure, axis = plt.subplots(figsize=(10, 5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (name, label) in enumerate(present):
+        colour = colours[index % len(colours)]
+        for seed_index, record in enumerate(page["rows"][name]):
+            curve = record.get("curve") or []
+            if not curve:
+                continue
+            steps, points = zip(*curve)
+            axis.plot(
+                steps, [100 * v for v in points], color=colour, lw=1, label=label if seed_index == 0 else None
+            )
+            chosen = dict(map(tuple, curve)).get(record.get("selected_step"))
+            if chosen is not None:
+                axis.plot([record["selected_step"]], [100 * chosen], "o", color=colour, ms=4)
+    axis.set(xlabel="optimizer step", ylabel=ylabel, title="validation curves (dot: selected checkpoint)")
+    axis.legend(fontsize="x-small", ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def runs_table(page: dict, rows: Iterable[tuple[str, str]]) -> list[str]:
+    """One line per stored run: steps trained, selected step, seconds and load average."""
+    lines = ["| row | seed | steps | selected step | s | load |", "|---|---:|---:|---:|---:|---:|"]
+    for name, _ in rows:
+        for record in page["rows"].get(name, []):
+            steps = record.get("steps", "—")
+            chosen = record.get("selected_step") or "—"
+            lines.append(
+                f"| {name} | {record.get('seed', 0)} | {steps} | {chosen} | "
+                f"{record.get('seconds', 0):.0f} | {record.get('load', 0):.1f} |"
+            )
+    return lines
