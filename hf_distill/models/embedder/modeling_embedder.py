@@ -288,11 +288,9 @@ class UniversalEmbedderModel(UniversalEmbedderPreTrainedModel):
             embeddings: ``(batch, width)`` embeddings of this model.
             truncate_dim: one of ``config.matryoshka_dims``; ``None`` returns ``embeddings`` unchanged.
         """
-        if truncate_dim is None or truncate_dim == embeddings.shape[-1]:
+        if truncate_dim is None:
             return embeddings
-        check_truncate_dim(
-            truncate_dim, [d for d in self.config.matryoshka_dims if d <= embeddings.shape[-1]]
-        )
+        check_truncate_dim(truncate_dim, self.config.matryoshka_dims)
         return F.normalize(embeddings[..., :truncate_dim], dim=-1)
 
     @property
