@@ -12,6 +12,7 @@ COMMANDS = {
     "evaluate": "hf_distill.commands.evaluate",
     "embed": "hf_distill.commands.embed",
     "export-onnx": "hf_distill.commands.export_onnx",
+    "show": "hf_distill.commands.show",
     "build-benchmark": "hf_distill.commands.build_benchmark",
 }
 

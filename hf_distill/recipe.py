@@ -253,7 +253,22 @@ class Recipe:
         if self.benchmark is None or "test" not in self.benchmark.eval_pairs:
             return {}
         evaluator = RetrievalEvaluator(self.benchmark, split="test", batch_size=self.recipe.eval_batch_size)
-        return evaluator(embedder, output_path=self.args.output_dir)
+        retrieval = evaluator.embed(embedder)
+        metrics = evaluator.score(retrieval, output_path=self.args.output_dir)
+        if self.card is not None:
+            self.card.retrieval_grid = self.draw_retrieval_grid(retrieval)
+        return metrics
+
+    def draw_retrieval_grid(self, retrieval: dict[str, Any]) -> str:
+        """The test split's retrieval picture (``hf-distill show``) from the test embeddings, for the card.
+
+        Args:
+            retrieval: the test embeddings of ``RetrievalEvaluator.embed``.
+        """
+        from hf_distill.evaluation.retrieval_grid import benchmark_retrieval_grid
+
+        path = os.path.join(self.args.output_dir, "retrieval_test.png")
+        return str(benchmark_retrieval_grid(self.benchmark, "test", retrieval, path))
 
     # ----------------------------------------------------------------------------------- shared steps
 
