@@ -90,6 +90,8 @@ class EmbedderCardData:
         no_training_note: shown instead of the settings table when there are none.
         retrieval_grid: a PNG of queries and their neighbours on ``eval_split`` (``hf-distill show``), copied
             next to the card and shown beside the per-domain plot.
+        width_metrics: the test metrics at each Matryoshka width of the embedder (width -> evaluator
+            metrics), shown as a table of R@1 and mP@5 per width when there is more than one.
     """
 
     method: str
@@ -118,6 +120,7 @@ class EmbedderCardData:
     benchmark_type: str = "hf_distill/offline_benchmark"
     no_training_note: str = "the backbone's pretrained weights are used as they are."
     retrieval_grid: str | None = None
+    width_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         method_card(self.method)  # an unknown method fails here
@@ -276,6 +279,19 @@ class EmbedderCardData:
                 (f"**this model** ({output_dim}-d)", trained),
             ]
         ]
+        width_rows = [
+            {
+                "width": f"{width}" + (" (full)" if number == 0 else ""),
+                "values": [
+                    f"{100 * value:.2f}" if (value := _summary(grouped, p, m)) is not None else "–"
+                    for p, m in columns
+                ],
+            }
+            for number, (width, grouped) in enumerate(
+                (int(width), parse_retrieval_metrics(values))
+                for width, values in sorted(self.width_metrics.items(), key=lambda item: -int(item[0]))
+            )
+        ]
         domain_columns = [(p, m) for p in ("merged", "separate") for m in ("R@1", "mP@5") if p in trained]
         domain_names = list(dict.fromkeys(d for p in trained.values() for d in p if d != "mean"))
         if any("mean" in trained[p] for p in trained):
@@ -334,6 +350,7 @@ class EmbedderCardData:
             has_starting_point=bool(starting_rows),
             comparison=self._comparison(starting_rows, trained),
             validation_text=self._validation_text(),
+            width_rows=width_rows if len(width_rows) > 1 else [],
             results_columns=[f"{m} ({p})" for p, m in domain_columns],
             results_rows=domain_rows,
             hyperparameters=settings,
