@@ -148,3 +148,13 @@ def test_embed_and_evaluate_take_truncate_dim(saved, tmp_path, tiny_benchmark_di
     )
     with safe_open(str(saved_file), "pt") as handle:
         assert handle.get_tensor("digits/query").shape[1] == 4
+
+
+def test_encode_reads_a_datasets_column_lazily_in_order(saved, tiny_benchmark):
+    model = AutoModel.from_pretrained(saved["root"] / "model")
+    test = tiny_benchmark.domains["digits"]["test"].select(range(6))
+    column = test["image"]
+    assert not isinstance(column, list)
+    np.testing.assert_allclose(
+        model.encode(column, batch_size=4), model.encode([test[i]["image"] for i in range(6)]), atol=1e-6
+    )

@@ -96,7 +96,7 @@ def benchmark_domains(
         raise ValueError(f"--domains {unknown} have no {split!r} pair; the benchmark has {list(pairs)}")
 
     def encode(dataset: Any) -> Any:
-        return model.encode(list(dataset["image"]), batch_size=batch_size, truncate_dim=truncate_dim)
+        return model.encode(dataset["image"], batch_size=batch_size, truncate_dim=truncate_dim)
 
     retrieval = {}
     for name in names:

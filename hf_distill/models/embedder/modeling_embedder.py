@@ -2,7 +2,7 @@
 
 Self-contained on purpose: this file is copied next to saved checkpoints and imported by
 ``trust_remote_code=True`` in processes that never import hf_distill, so it may only import torch,
-transformers, timm and its sibling configuration file.
+transformers, timm (and numpy / PIL, which they require) and its sibling configuration and image processor files.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
@@ -325,8 +326,9 @@ class UniversalEmbedderModel(UniversalEmbedderPreTrainedModel):
         """Embed images as sentence-transformers' ``encode`` embeds sentences.
 
         Args:
-            images: one image or a list of them: PIL images, file paths (``str`` / ``Path``), ``(H, W[, C])``
-                uint8 arrays or ``(C, H, W)`` uint8 tensors. Preprocessed by :attr:`image_processor`.
+            images: one image or a sequence of them (a list, a ``datasets`` ``image`` column, read lazily): PIL
+                images, file paths (``str`` / ``Path``), ``(H, W[, C])`` uint8 arrays or ``(C, H, W)`` uint8
+                tensors. Preprocessed by :attr:`image_processor`.
             batch_size: images per forward pass.
             device: where the forward runs (default: where the model is); the model is moved there.
             truncate_dim: keep the first ``truncate_dim`` values, renormalised; one of
@@ -338,10 +340,14 @@ class UniversalEmbedderModel(UniversalEmbedderPreTrainedModel):
         Returns:
             ``(n_images, dim)`` embeddings in input order, or ``(dim,)`` for a single image.
         """
+        from PIL import Image
         from tqdm.auto import tqdm
 
-        single = not isinstance(images, list | tuple)
-        items = [images] if single else list(images)
+        single = isinstance(images, Image.Image | str | os.PathLike) or (
+            isinstance(images, np.ndarray | torch.Tensor) and images.ndim <= 3
+        )
+        # Any sized, indexable sequence (a list, a ``datasets`` column) is read lazily, one batch at a time.
+        items = [images] if single else images
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not items:
