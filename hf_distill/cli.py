@@ -11,6 +11,8 @@ import sys
 COMMANDS = {
     "evaluate": "hf_distill.commands.evaluate",
     "embed": "hf_distill.commands.embed",
+    "export-onnx": "hf_distill.commands.export_onnx",
+    "show": "hf_distill.commands.show",
     "build-benchmark": "hf_distill.commands.build_benchmark",
 }
 

@@ -290,7 +290,62 @@ class Recipe:
         if benchmark is None or "test" not in benchmark.eval_pairs:
             return {}
         evaluator = RetrievalEvaluator(benchmark, split="test", batch_size=self.recipe.eval_batch_size)
-        return evaluator(self.for_evaluation(embedder), output_path=self.args.output_dir)
+        retrieval = evaluator.embed(self.for_evaluation(embedder))
+        metrics = evaluator.score(retrieval, output_path=self.args.output_dir)
+        if self.card is not None:
+            self.card.retrieval_grid = self.draw_retrieval_grid(retrieval)
+            self.card.width_metrics = self.evaluate_widths(embedder, retrieval, metrics)
+        return metrics
+
+    def evaluate_widths(
+        self, embedder: Any, retrieval: dict[str, Any], metrics: dict[str, float]
+    ) -> dict[int, dict[str, float]]:
+        """Test metrics at every Matryoshka width of the embedder (the full width's are ``metrics``), from the
+        full-width test embeddings truncated with ``embedder.truncate``.
+
+        Args:
+            embedder: the exported ``UniversalEmbedderModel``.
+            retrieval: its full-width test embeddings.
+            metrics: their metrics.
+        """
+        import torch
+
+        from hf_distill.evaluation import RetrievalDomain, evaluate_retrieval
+
+        dims = list(embedder.config.matryoshka_dims)
+        results = {dims[0]: dict(metrics)}
+        for dim in dims[1:]:
+            truncated = {
+                name: RetrievalDomain(
+                    embedder.truncate(torch.as_tensor(domain.query_embeddings), dim),
+                    domain.query_labels,
+                    None
+                    if domain.index_embeddings is None
+                    else embedder.truncate(torch.as_tensor(domain.index_embeddings), dim),
+                    domain.index_labels,
+                )
+                for name, domain in retrieval.items()
+            }
+            results[dim] = evaluate_retrieval(truncated)
+            logger.info(
+                "test %s at width %d = %.4f",
+                PRIMARY_METRIC,
+                dim,
+                results[dim].get(PRIMARY_METRIC, float("nan")),
+            )
+        return results
+
+    def draw_retrieval_grid(self, retrieval: dict[str, Any]) -> str:
+        """The test split's retrieval picture (``hf-distill show``) from the test embeddings, for the card (the
+        images are the benchmark's own, also over a cached trunk: its evaluation splits keep every row in order).
+
+        Args:
+            retrieval: the test embeddings of ``RetrievalEvaluator.embed``.
+        """
+        from hf_distill.evaluation.retrieval_grid import benchmark_retrieval_grid
+
+        path = os.path.join(self.args.output_dir, "retrieval_test.png")
+        return str(benchmark_retrieval_grid(self.benchmark, "test", retrieval, path))
 
     # ----------------------------------------------------------------------------------- shared steps
 
@@ -411,6 +466,10 @@ class Recipe:
             json.dump(trainer.state.log_history, handle)
         trainer.add_to_run_summary("test_metrics", metrics)
         trainer.add_to_run_summary("test_starting_point", dict(self.card.starting_point))
+        if len(self.card.width_metrics) > 1:
+            trainer.add_to_run_summary(
+                "test_metrics_by_width", {str(k): v for k, v in self.card.width_metrics.items()}
+            )
         trainer.add_to_run_summary("recipe", asdict(self.recipe))
         trainer.add_to_run_summary("export_dir", export_dir)
         trainer.write_run_summary()

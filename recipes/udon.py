@@ -42,6 +42,9 @@ class UdonRecipeArguments(RecipeArguments):
             crops. ``None`` (default, the authors' code): ``image_size`` itself; ``resize_size`` gives the
             ImageNet habit (e.g. 256 then 224), which is not the authors'.
         embed_dim / teacher_dim: widths of the student and teacher embeddings (``UdonConfig``).
+        matryoshka_dims / matryoshka_weights: Matryoshka widths of the student head, largest (``embed_dim``)
+            first, e.g. ``[64, 32, 16]`` (``UdonConfig.matryoshka_dims``), and their loss weights (default equal,
+            ``UdonLoss``); the exported embedder records the widths and the card lists R@1 at each.
         temperature / classifier_margin / margin_type / distillation_reaches_backbone / relational_scale: the
             loss (``UdonLoss``).
         evaluate_teachers: also evaluate each domain's teacher head on its own domain (separate/oracle).
@@ -63,6 +66,8 @@ class UdonRecipeArguments(RecipeArguments):
     image_mean: list[float] | None = None
     image_std: list[float] | None = None
     embed_dim: int = 64
+    matryoshka_dims: list[int] | None = None
+    matryoshka_weights: list[float] | None = None
     teacher_dim: int = 256
     temperature: float = 0.1
     classifier_margin: float = 0.0
@@ -122,6 +127,7 @@ class UdonRecipe(Recipe):
             domains=domains,
             num_classes=[self.benchmark.num_classes[name] for name in domains],
             embed_dim=recipe.embed_dim,
+            matryoshka_dims=recipe.matryoshka_dims,
             teacher_dim=recipe.teacher_dim,
             image_size=recipe.image_size,
             resize_size=recipe.eval_resize_size,
@@ -170,6 +176,7 @@ class UdonRecipe(Recipe):
             temperature=recipe.temperature,
             distillation_reaches_backbone=recipe.distillation_reaches_backbone,
             relational_scale=recipe.relational_scale,
+            matryoshka_weights=recipe.matryoshka_weights,
             **variant.loss,
         )
         self.trainer = UdonTrainer(
@@ -191,7 +198,12 @@ class UdonRecipe(Recipe):
         return card
 
     def card_hyperparameters(self) -> dict[str, Any]:
-        return {"variant": self.recipe.variant}
+        settings: dict[str, Any] = {"variant": self.recipe.variant}
+        if len(self.model.config.matryoshka_dims) > 1:
+            settings["matryoshka_dims"] = list(self.model.config.matryoshka_dims)
+            if self.recipe.matryoshka_weights is not None:
+                settings["matryoshka_weights"] = list(self.recipe.matryoshka_weights)
+        return settings
 
     def train(self) -> None:
         super().train()

@@ -38,6 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1 ...)")
     parser.add_argument(
+        "--truncate-dim",
+        type=int,
+        default=None,
+        help="keep the first N values of each embedding, renormalised (one of the model's matryoshka_dims)",
+    )
+    parser.add_argument(
         "--num-workers",
         type=int,
         default=default_num_workers(),
@@ -109,6 +115,7 @@ def embed_folder(
     device: str = "cpu",
     on_bad_image: str = "error",
     num_workers: int = 0,
+    truncate_dim: int | None = None,
 ) -> dict:
     """Embed every image under ``folder`` and write ``output``; returns a summary.
 
@@ -120,6 +127,7 @@ def embed_folder(
         device: torch device.
         on_bad_image: ``"error"`` or ``"skip"``.
         num_workers: DataLoader worker processes decoding and preprocessing images (0: this process).
+        truncate_dim: keep this many leading values, renormalised; one of the model's ``matryoshka_dims``.
     """
     import torch
     from safetensors.torch import save_file
@@ -138,8 +146,13 @@ def embed_folder(
         raise ValueError(f"--on-bad-image must be 'error' or 'skip', got {on_bad_image!r}")
     if num_workers < 0:
         raise ValueError(f"--num-workers must be >= 0, got {num_workers}")
+    from hf_distill.models.embedder import UniversalEmbedderModel, check_truncate_dim
+
     paths = find_images(folder)
     model = AutoModel.from_pretrained(model_path).to(device).eval()
+    if not isinstance(model, UniversalEmbedderModel):
+        raise ValueError(f"--model {model_path} is a {type(model).__name__}, not a universal embedder")
+    check_truncate_dim(truncate_dim, model.config.matryoshka_dims, "--truncate-dim")
     processor = AutoImageProcessor.from_pretrained(model_path)
 
     report = DecodeReport()
@@ -167,7 +180,9 @@ def embed_folder(
                 kept.append(paths[index].relative_to(folder).as_posix())
             if pixels:
                 pixel_values = torch.stack(pixels).to(device, non_blocking=True)
-                chunks.append(model(pixel_values=pixel_values).embeddings.float().cpu())
+                # The same forward-and-truncate step as UniversalEmbedderModel.encode; decoding stays here, in
+                # workers, so that a bad file is reported (or skipped) by name.
+                chunks.append(model.embed_pixel_values(pixel_values, truncate_dim).cpu())
             progress.update(len(items))
     if not kept:
         raise ValueError(f"none of the {len(paths)} image files under {folder} could be decoded")
@@ -196,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
         args.device,
         on_bad_image=args.on_bad_image,
         num_workers=args.num_workers,
+        truncate_dim=args.truncate_dim,
     )
     print(
         f"wrote {summary['num_images']} embeddings of dimension {summary['dim']} to {args.output}"

@@ -50,6 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--domains", nargs="+", default=None, help="evaluate only these domains")
     parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass (--model)")
     parser.add_argument("--device", default="cpu", help="torch device for --model (cpu, cuda, cuda:1 ...)")
+    parser.add_argument(
+        "--truncate-dim",
+        type=int,
+        default=None,
+        help="with --model: score the first N values of each embedding, renormalised (one of matryoshka_dims)",
+    )
     parser.add_argument("--backend", default="auto", choices=["auto", "faiss", "torch"], help="k-NN backend")
     parser.add_argument("--map-k", type=int, default=5, help="cut-off of the extra mAP@k metric")
     parser.add_argument("--output", type=Path, default=None, help="write the metrics to this JSON file")
@@ -141,15 +147,36 @@ def _model_transform(model: Any, source: str) -> Any:
     return default_transform(model)
 
 
-def evaluate_model(args: argparse.Namespace) -> dict[str, float]:
-    """Embed the benchmark's evaluation pairs with the model of ``args.model`` and score them."""
-    import torch
+def load_truncated_model(source: str, truncate_dim: int | None) -> Any:
+    """``AutoModel.from_pretrained(source)``, truncated to ``truncate_dim`` when given (embedders only).
+
+    Args:
+        source: saved model folder or Hub id.
+        truncate_dim: a width of the embedder's ``matryoshka_dims``, or ``None``.
+    """
     from transformers import AutoModel
 
     import hf_distill  # noqa: F401  (registers the hf_distill model types with AutoModel)
+    from hf_distill.models.embedder import UniversalEmbedderModel, check_truncate_dim
+
+    model = AutoModel.from_pretrained(source)
+    if truncate_dim is not None:
+        if not isinstance(model, UniversalEmbedderModel):
+            raise ValueError(
+                f"--truncate-dim needs a universal embedder; --model {source} is a {type(model).__name__}"
+            )
+        check_truncate_dim(truncate_dim, model.config.matryoshka_dims, "--truncate-dim")
+        model.config.truncate_dim = truncate_dim
+    return model
+
+
+def evaluate_model(args: argparse.Namespace) -> dict[str, float]:
+    """Embed the benchmark's evaluation pairs with the model of ``args.model`` and score them."""
+    import torch
+
     from hf_distill.evaluation.evaluator import RetrievalEvaluator
 
-    model = AutoModel.from_pretrained(args.model).to(torch.device(args.device))
+    model = load_truncated_model(args.model, args.truncate_dim).to(torch.device(args.device))
     evaluator = RetrievalEvaluator(
         _load_benchmark(args.benchmark, args.domains),
         split=args.split,
@@ -190,6 +217,10 @@ def run(args: argparse.Namespace) -> int:
     # faiss reports its CPU-feature probing at INFO level, which would bury the table.
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     if args.embeddings is not None:
+        if args.truncate_dim is not None:
+            raise ValueError(
+                "--truncate-dim needs --model: an embeddings file does not say which widths were trained"
+            )
         if args.save_embeddings is not None:
             raise ValueError("--save-embeddings needs --model: the --embeddings file already holds them")
         retrieval = domains_from_file(args.embeddings, args.benchmark, args.split, args.domains)
@@ -208,6 +239,8 @@ def run(args: argparse.Namespace) -> int:
         metrics = evaluate_model(args)
         sizes = None
         source = {"model": str(args.model), "benchmark": str(args.benchmark or "default")}
+        if args.truncate_dim is not None:
+            source["truncate_dim"] = args.truncate_dim
     print(format_table(metrics, args.protocols, args.map_k))
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)

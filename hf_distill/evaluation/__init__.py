@@ -9,15 +9,19 @@ from hf_distill.evaluation.evaluator import (
 from hf_distill.evaluation.knn import faiss_available, knn_search
 from hf_distill.evaluation.metrics import (
     PROTOCOLS,
+    MergedSearch,
     RetrievalDomain,
     evaluate_retrieval,
     label_matrix,
+    merged_search,
     query_metrics,
+    relevant_neighbors,
 )
 
 __all__ = [
     "PROTOCOLS",
     "KNNClassificationEvaluator",
+    "MergedSearch",
     "RetrievalDomain",
     "RetrievalEvaluator",
     "embed_dataset",
@@ -26,5 +30,7 @@ __all__ = [
     "knn_classify",
     "knn_search",
     "label_matrix",
+    "merged_search",
     "query_metrics",
+    "relevant_neighbors",
 ]

@@ -278,8 +278,23 @@ class RetrievalEvaluator:
         self, model: nn.Module, output_path: str | Path | None = None, epoch: int = -1, steps: int = -1
     ) -> dict[str, float]:
         """Embed, search and score; write ``retrieval_<split>_results.{csv,json}`` under ``output_path``."""
+        return self.score(self.embed(model), output_path, epoch, steps)
+
+    def score(
+        self,
+        retrieval: dict[str, RetrievalDomain],
+        output_path: str | Path | None = None,
+        epoch: int = -1,
+        steps: int = -1,
+    ) -> dict[str, float]:
+        """Score embeddings from :meth:`embed` (kept by a caller that also draws or truncates them).
+
+        Args:
+            retrieval: the output of :meth:`embed`.
+            output_path / epoch / steps: as for calling the evaluator.
+        """
         metrics = evaluate_retrieval(
-            self.embed(model), protocols=self.protocols, map_k=self.map_k, backend=self.backend
+            retrieval, protocols=self.protocols, map_k=self.map_k, backend=self.backend
         )
         logger.info(
             "retrieval %s (epoch %s, step %s): %s = %.4f",

@@ -102,6 +102,33 @@ def _relevant_counts(query_labels: np.ndarray, index_labels: np.ndarray, query_i
     return n_relevant
 
 
+def relevant_neighbors(
+    neighbor_ids: np.ndarray,
+    query_labels: np.ndarray,
+    query_domains: np.ndarray,
+    index_labels: np.ndarray,
+    index_domains: np.ndarray,
+) -> np.ndarray:
+    """Which ranked neighbours are relevant: same domain as the query and (one of) its label(s).
+
+    Args:
+        neighbor_ids: ``(n_queries, k)`` index positions, best first, -1 for none (never relevant).
+        query_labels / index_labels: label matrices (``label_matrix``).
+        query_domains / index_domains: domain ids of the queries and of the index items.
+
+    Returns:
+        ``(n_queries, k)`` bool array.
+    """
+    found = neighbor_ids >= 0
+    safe = np.where(found, neighbor_ids, 0)
+    same_domain = index_domains[safe] == query_domains[:, None]
+    neighbor_labels = index_labels[safe]  # (n_queries, k, Li)
+    label_hit = (neighbor_labels[:, :, :, None] == query_labels[:, None, None, :]) & (
+        query_labels[:, None, None, :] >= 0
+    )
+    return found & same_domain & label_hit.any(axis=(2, 3))
+
+
 def query_metrics(
     neighbor_ids: np.ndarray,
     query_labels: np.ndarray,
@@ -132,14 +159,7 @@ def query_metrics(
     if neighbor_ids.shape[1] < depth:
         raise ValueError(f"need at least {depth} neighbours per query, got {neighbor_ids.shape[1]}")
     ids = neighbor_ids[:, :depth]
-    found = ids >= 0
-    safe = np.where(found, ids, 0)
-    same_domain = index_domains[safe] == query_domains[:, None]
-    neighbor_labels = index_labels[safe]  # (n_queries, depth, Li)
-    label_hit = (neighbor_labels[:, :, :, None] == query_labels[:, None, None, :]) & (
-        query_labels[:, None, None, :] >= 0
-    )
-    relevant = found & same_domain & label_hit.any(axis=(2, 3))
+    relevant = relevant_neighbors(ids, query_labels, query_domains, index_labels, index_domains)
     hits = np.cumsum(relevant, axis=1)
     rows = np.arange(len(ids))
 
@@ -217,6 +237,84 @@ def _concat_unit(arrays: Mapping[str, np.ndarray | torch.Tensor]) -> torch.Tenso
     return torch.cat([as_unit_float32(array, name) for name, array in arrays.items()])
 
 
+@dataclass
+class MergedSearch:
+    """The merged protocol's k-NN: every domain's queries searched in the union of all domains' index sets.
+
+    Rows follow the domains in order, then their queries; index positions likewise (domain ``d``'s items start
+    at ``index_offsets[d]``).
+
+    Args:
+        names: the domain names, in order (domain id = position).
+        neighbor_ids / scores: ``(n_queries, k)`` merged-index positions and cosine similarities, best first.
+        query_labels / index_labels: padded label matrices of all queries / index items.
+        query_domains / index_domains: domain ids of all queries / index items.
+        query_offsets / index_offsets: first row of each domain among the queries / the index items.
+    """
+
+    names: list[str]
+    neighbor_ids: np.ndarray
+    scores: np.ndarray
+    query_labels: np.ndarray
+    index_labels: np.ndarray
+    query_domains: np.ndarray
+    index_domains: np.ndarray
+    query_offsets: np.ndarray
+    index_offsets: np.ndarray
+
+    def relevant(self) -> np.ndarray:
+        """``(n_queries, k)``: whether each neighbour is relevant (see ``relevant_neighbors``)."""
+        return relevant_neighbors(
+            self.neighbor_ids, self.query_labels, self.query_domains, self.index_labels, self.index_domains
+        )
+
+
+def merged_search(
+    domains: Mapping[str, RetrievalDomain],
+    k: int,
+    backend: Backend = "auto",
+    memory_budget_mb: float = 256.0,
+    labels: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> MergedSearch:
+    """Search every domain's queries in the merged index (a query is excluded from its own neighbours when
+    its domain's query set is its index set).
+
+    Args:
+        domains: domain name -> ``RetrievalDomain``.
+        k: neighbours per query.
+        backend / memory_budget_mb: see ``knn_search``.
+        labels: the label matrices of ``_check_domains`` when already computed.
+    """
+    labels = labels if labels is not None else _check_domains(domains)
+    names = list(domains)
+    index_sizes = [len(labels[name][1]) for name in names]
+    query_sizes = [len(labels[name][0]) for name in names]
+    index_offsets = np.concatenate([[0], np.cumsum(index_sizes)[:-1]]).astype(np.int64)
+    excludes = []
+    for offset, name in zip(index_offsets, names):
+        n_query = len(labels[name][0])
+        excludes.append(offset + np.arange(n_query) if domains[name].query_is_index else np.full(n_query, -1))
+    scores, neighbors = knn_search(
+        _concat_unit({f"domain {name!r} queries": domains[name].query_embeddings for name in names}),
+        _concat_unit({f"domain {name!r} index": _index_embeddings(domains[name]) for name in names}),
+        k,
+        exclude=np.concatenate(excludes),
+        backend=backend,
+        memory_budget_mb=memory_budget_mb,
+    )
+    return MergedSearch(
+        names=names,
+        neighbor_ids=neighbors,
+        scores=scores,
+        query_labels=_pad([labels[name][0] for name in names]),
+        index_labels=_pad([labels[name][1] for name in names]),
+        query_domains=np.repeat(np.arange(len(names)), query_sizes),
+        index_domains=np.repeat(np.arange(len(names)), index_sizes),
+        query_offsets=np.concatenate([[0], np.cumsum(query_sizes)[:-1]]).astype(np.int64),
+        index_offsets=index_offsets,
+    )
+
+
 def evaluate_retrieval(
     domains: Mapping[str, RetrievalDomain],
     protocols: Sequence[str] = PROTOCOLS,
@@ -249,29 +347,14 @@ def evaluate_retrieval(
     n_relevant = {name: _relevant_counts(*labels[name], domains[name].query_is_index) for name in names}
     per_query: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     if "merged" in protocols:
-        index_sizes = [len(labels[name][1]) for name in names]
-        offsets = np.concatenate([[0], np.cumsum(index_sizes)[:-1]])
-        excludes = []
-        for offset, name in zip(offsets, names):
-            n_query = len(labels[name][0])
-            excludes.append(
-                offset + np.arange(n_query) if domains[name].query_is_index else np.full(n_query, -1)
-            )
-        _, neighbors = knn_search(
-            _concat_unit({f"domain {name!r} queries": domains[name].query_embeddings for name in names}),
-            _concat_unit({f"domain {name!r} index": _index_embeddings(domains[name]) for name in names}),
-            depth,
-            exclude=np.concatenate(excludes),
-            backend=backend,
-            memory_budget_mb=memory_budget_mb,
-        )
+        merged = merged_search(domains, depth, backend, memory_budget_mb, labels)
         query_sizes = [len(labels[name][0]) for name in names]
         scores = query_metrics(
-            neighbors,
-            _pad([labels[name][0] for name in names]),
-            np.repeat(np.arange(len(names)), query_sizes),
-            _pad([labels[name][1] for name in names]),
-            np.repeat(np.arange(len(names)), index_sizes),
+            merged.neighbor_ids,
+            merged.query_labels,
+            merged.query_domains,
+            merged.index_labels,
+            merged.index_domains,
             np.concatenate([n_relevant[name] for name in names]),
             map_k,
         )

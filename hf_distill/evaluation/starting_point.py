@@ -36,6 +36,9 @@ def _embedder_with_head(embedder: Any, embed_dim: int | None, feature_norm: bool
     configuration (the head is left initialised)."""
     config = copy.deepcopy(embedder.config)
     config.embed_dim = embed_dim
+    # A new head was trained at no width yet: only its full width counts (and nothing truncates it).
+    config.matryoshka_dims = None
+    config.truncate_dim = None
     config.feature_norm = feature_norm
     config.normalize = True
     config.pretrained_file = None

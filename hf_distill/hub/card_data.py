@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from hf_distill.hub.model_card import (
     PER_DOMAIN_PNG,
+    RETRIEVAL_GRID_PNG,
     TEMPLATE_PATH,
     TRAINING_CURVES_PNG,
     _assert_no_secret,
@@ -86,6 +88,10 @@ class EmbedderCardData:
         license / tags: SPDX-style licence id of the weights; extra Hub tags.
         benchmark_name / benchmark_type: how the evaluation data is named in the card and the model-index.
         no_training_note: shown instead of the settings table when there are none.
+        retrieval_grid: a PNG of queries and their neighbours on ``eval_split`` (``hf-distill show``), copied
+            next to the card and shown beside the per-domain plot.
+        width_metrics: the test metrics at each Matryoshka width of the embedder (width -> evaluator
+            metrics), shown as a table of R@1 and mP@5 per width when there is more than one.
     """
 
     method: str
@@ -113,6 +119,8 @@ class EmbedderCardData:
     benchmark_name: str = "hf_distill offline benchmark"
     benchmark_type: str = "hf_distill/offline_benchmark"
     no_training_note: str = "the backbone's pretrained weights are used as they are."
+    retrieval_grid: str | None = None
+    width_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         method_card(self.method)  # an unknown method fails here
@@ -241,8 +249,15 @@ class EmbedderCardData:
             plots_dir.mkdir(parents=True, exist_ok=True)
             if self.log_history and _plot_training_curves(self.log_history, plots_dir / TRAINING_CURVES_PNG):
                 plots["training_curves"] = TRAINING_CURVES_PNG
-            if _plot_per_domain(trained, plots_dir / PER_DOMAIN_PNG):
+            if _plot_per_domain(trained, plots_dir / PER_DOMAIN_PNG, starting_rows):
                 plots["per_domain"] = PER_DOMAIN_PNG
+            if self.retrieval_grid is not None:
+                grid = Path(self.retrieval_grid)
+                if not grid.is_file():
+                    raise FileNotFoundError(f"retrieval_grid={grid} does not exist")
+                if grid.resolve() != (plots_dir / RETRIEVAL_GRID_PNG).resolve():
+                    shutil.copyfile(grid, plots_dir / RETRIEVAL_GRID_PNG)
+                plots["retrieval_grid"] = RETRIEVAL_GRID_PNG
 
         output_dim = config.embed_dim or feature_dim
         everything = [trained, *(grouped for _, grouped in starting_rows)]
@@ -263,6 +278,19 @@ class EmbedderCardData:
                 ),
                 (f"**this model** ({output_dim}-d)", trained),
             ]
+        ]
+        width_rows = [
+            {
+                "width": f"{width}" + (" (full)" if number == 0 else ""),
+                "values": [
+                    f"{100 * value:.2f}" if (value := _summary(grouped, p, m)) is not None else "–"
+                    for p, m in columns
+                ],
+            }
+            for number, (width, grouped) in enumerate(
+                (int(width), parse_retrieval_metrics(values))
+                for width, values in sorted(self.width_metrics.items(), key=lambda item: -int(item[0]))
+            )
         ]
         domain_columns = [(p, m) for p in ("merged", "separate") for m in ("R@1", "mP@5") if p in trained]
         domain_names = list(dict.fromkeys(d for p in trained.values() for d in p if d != "mean"))
@@ -322,6 +350,7 @@ class EmbedderCardData:
             has_starting_point=bool(starting_rows),
             comparison=self._comparison(starting_rows, trained),
             validation_text=self._validation_text(),
+            width_rows=width_rows if len(width_rows) > 1 else [],
             results_columns=[f"{m} ({p})" for p, m in domain_columns],
             results_rows=domain_rows,
             hyperparameters=settings,

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "embedder_card.md.j2"
 TRAINING_CURVES_PNG = "training_curves.png"
 PER_DOMAIN_PNG = "per_domain_results.png"
+RETRIEVAL_GRID_PNG = "retrieval_examples.png"
 METRIC_KEY = re.compile(
     r"(?:^|[_/])(?P<protocol>merged|separate)/(?P<domain>[^/]+)/(?P<metric>R@1|mP@5|mAP@5)$"
 )
@@ -268,8 +269,20 @@ def _plot_training_curves(log_history: Sequence[Mapping[str, Any]], path: Path) 
     return True
 
 
-def _plot_per_domain(grouped: Mapping[str, Mapping[str, Mapping[str, float]]], path: Path) -> bool:
-    """Bar chart of R@1 and mP@5 per domain for each protocol; False if there are no metrics."""
+def _plot_per_domain(
+    grouped: Mapping[str, Mapping[str, Mapping[str, float]]],
+    path: Path,
+    starting_rows: Sequence[tuple[str, Mapping[str, Mapping[str, Mapping[str, float]]]]] = (),
+) -> bool:
+    """Bars of R@1 and mP@5 per domain (one panel per protocol and metric): the starting point's forms (full
+    width, same-width PCA) beside the trained model's, so the plot shows where training helped; False if there
+    are no metrics.
+
+    Args:
+        grouped: the trained model's metrics, ``protocol -> domain -> metric -> value``.
+        path: the PNG to write.
+        starting_rows: ``(label, grouped metrics)`` of each starting-point form.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -278,20 +291,27 @@ def _plot_per_domain(grouped: Mapping[str, Mapping[str, Mapping[str, float]]], p
     protocols = [p for p in ("merged", "separate") if grouped.get(p)]
     if not protocols:
         return False
-    figure, axes = plt.subplots(1, len(protocols), figsize=(6 * len(protocols), 4), squeeze=False)
-    for axis, protocol in zip(axes[0], protocols):
-        domains = list(grouped[protocol])
-        metrics = [m for m in ("R@1", "mP@5") if any(m in grouped[protocol][d] for d in domains)]
-        width = 0.8 / max(len(metrics), 1)
-        for index, metric in enumerate(metrics):
-            values = [grouped[protocol][d].get(metric, 0.0) for d in domains]
-            positions = [i + (index - (len(metrics) - 1) / 2) * width for i in range(len(domains))]
-            axis.bar(positions, values, width=width, label=metric)
-        axis.set_xticks(range(len(domains)), domains, rotation=30, ha="right")
-        axis.set_ylim(0, 1)
-        axis.set_title(f"{protocol} protocol")
-        axis.legend()
-        axis.grid(axis="y", alpha=0.3)
+    models = [*((f"start: {label}", rows) for label, rows in starting_rows if rows), ("this model", grouped)]
+    metrics = [m for m in ("R@1", "mP@5") if any(m in v for p in protocols for v in grouped[p].values())]
+    figure, axes = plt.subplots(
+        len(metrics), len(protocols), figsize=(6 * len(protocols), 3.6 * len(metrics)), squeeze=False
+    )
+    # Okabe-Ito: starting points in orange and purple tones, this model in blue.
+    colors = ["#e69f00", "#cc79a7", "#f0e442"][: len(models) - 1] + ["#0072b2"]
+    for row, metric in enumerate(metrics):
+        for column, protocol in enumerate(protocols):
+            axis = axes[row][column]
+            domains = list(grouped[protocol])
+            width = 0.8 / len(models)
+            for number, (label, values) in enumerate(models):
+                heights = [values.get(protocol, {}).get(d, {}).get(metric, 0.0) for d in domains]
+                positions = [i + (number - (len(models) - 1) / 2) * width for i in range(len(domains))]
+                axis.bar(positions, heights, width=width, label=label, color=colors[number])
+            axis.set_xticks(range(len(domains)), domains, rotation=30, ha="right")
+            axis.set_ylim(0, 1)
+            axis.set_title(f"{metric}, {protocol} protocol")
+            axis.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -8,6 +8,10 @@ For a single-domain batch of domain ``d`` with teacher cosine logits ``c_t`` and
 - ``L_rel = MSE(S_s, S_t)`` of the batch similarity matrices, teacher detached (Eq. 5);
 - the total is the weighted mean of the active losses.
 
+With ``UdonConfig.matryoshka_dims`` (e.g. ``[64, 32, 16]``) ``L_s``, ``L_log`` and ``L_rel`` are each the weighted
+mean over the widths of the same loss on the L2-normalised prefix of the student embedding (and the prefix of
+the student classifier's weights; :mod:`hf_distill.losses.matryoshka`); the teacher loss is unchanged.
+
 The paper's naive multi-teacher baseline distils *frozen* specialists instead of the online teacher heads:
 ``UdonLoss(external_teachers={domain: teacher})`` takes ``c_t`` and the teacher embeddings from those modules
 (e.g. :class:`UdonSpecialistTeacher`, one single-domain model trained per domain) and trains a student without
@@ -25,33 +29,36 @@ from torch import nn
 
 from hf_distill.losses.classification import MARGIN_TYPES, CosineClassificationLoss
 from hf_distill.losses.logit import LogitDistillationLoss
+from hf_distill.losses.matryoshka import MatryoshkaWidths, prefix_cosine_logits, prefix_embeddings
 from hf_distill.losses.relational import RELATIONAL_SCALES, RelationalDistillationLoss
 
 
 class UdonLoss(nn.Module):
     """Classification and distillation losses of a :class:`~hf_distill.models.udon.UdonModel` batch.
 
-    Args:
-        classifier_scale / classifier_margin / margin_type: cosine-classifier loss (``s = 16``, margin 0 —
-            NormFace; ``"cosface"`` and ``"arcface"`` margins optional).
-        temperature: τ of the logit distillation on cosine logits (0.1).
-        teacher_weight / student_weight / logit_weight / relational_weight: weights of the weighted mean.
-        use_distillation: add the logit and relational losses (needs a model with teacher heads).
-        distillation_reaches_backbone: ``False`` (default, the paper): the distillation losses see the backbone
-            feature as a constant and only train the student head and classifier; ``True`` (the released
-            code): their gradient also reaches the backbone.
-        relational_scale / relational_reference_rows: see
-            :func:`~hf_distill.losses.relational.relational_distillation_loss` (``"fixed"`` by default;
-            ``"authors"`` for the released code's scale).
-        external_teachers: frozen teachers replacing the online teacher heads (the paper's naive
-            multi-teacher baseline): domain name → a module mapping the batch's ``pixel_values`` to
-            ``(teacher embeddings, teacher cosine logits over the domain's classes)``, e.g.
-            :class:`UdonSpecialistTeacher`. They run without gradient and in eval mode, on the device they were
-            put on; the student must have no teacher heads (``use_teacher=False``).
+        Args:
+            classifier_scale / classifier_margin / margin_type: cosine-classifier loss (``s = 16``, margin 0 —
+                NormFace; ``"cosface"`` and ``"arcface"`` margins optional).
+            temperature: τ of the logit distillation on cosine logits (0.1).
+            teacher_weight / student_weight / logit_weight / relational_weight: weights of the weighted mean.
+            use_distillation: add the logit and relational losses (needs a model with teacher heads).
+            distillation_reaches_backbone: ``False`` (default, the paper): the distillation losses see the backbone
+                feature as a constant and only train the student head and classifier; ``True`` (the released
+                code): their gradient also reaches the backbone.
+            relational_scale / relational_reference_rows: see
+                :func:`~hf_distill.losses.relational.relational_distillation_loss` (``"fixed"`` by default;
+                ``"authors"`` for the released code's scale).
+            external_teachers: frozen teachers replacing the online teacher heads (the paper's naive
+                multi-teacher baseline): domain name → a module mapping the batch's ``pixel_values`` to
+                ``(teacher embeddings, teacher cosine logits over the domain's classes)``, e.g.
+                :class:`UdonSpecialistTeacher`. They run without gradient and in eval mode, on the device they were
+                put on; the student must have no teacher heads (``use_teacher=False``).
+            matryoshka_weights: weights of the model's ``matryoshka_dims`` widths (default: equal).
 
-    Calling it as ``loss(model, inputs)`` with ``pixel_values``, ``labels`` and ``domain_ids`` returns ``"loss"``
-    and the named components ``loss_teacher``, ``loss_student``, ``loss_logit``, ``loss_relational``,
-    ``accuracy_teacher`` and ``accuracy_student`` (those that apply to the model).
+        Calling it as ``loss(model, inputs)`` with ``pixel_values``, ``labels`` and ``domain_ids`` returns ``"loss"``
+        and the named components ``loss_teacher``, ``loss_student``, ``loss_logit``, ``loss_relational``,
+        ``accuracy_teacher`` and ``accuracy_student`` (those that apply to the model); with several Matryoshka widths
+    also each student component at each width, as ``loss_student@32`` etc.
     """
 
     def __init__(
@@ -69,6 +76,7 @@ class UdonLoss(nn.Module):
         relational_scale: str = "fixed",
         relational_reference_rows: int = 32,
         external_teachers: Mapping[str, nn.Module] | None = None,
+        matryoshka_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
         if margin_type not in MARGIN_TYPES:
@@ -89,6 +97,9 @@ class UdonLoss(nn.Module):
             "loss_relational": relational_weight,
         }
         self.use_distillation = use_distillation
+        self.matryoshka_weights = (
+            None if matryoshka_weights is None else [float(w) for w in matryoshka_weights]
+        )
         self.distillation_reaches_backbone = distillation_reaches_backbone
         self.external_teachers: nn.ModuleDict | None = None
         if external_teachers is not None:
@@ -104,6 +115,7 @@ class UdonLoss(nn.Module):
     def check_model(self, model: nn.Module) -> None:
         """Refuse a model this loss cannot train (distillation without teacher heads)."""
         config = extract_model_from_parallel(model).config
+        self._widths(config)
         if self.external_teachers is not None:
             if config.use_teacher:
                 raise ValueError(
@@ -146,31 +158,77 @@ class UdonLoss(nn.Module):
                 f"[{int(labels.min())}, {int(labels.max())}]"
             )
         losses: dict[str, torch.Tensor] = {}
-        if output.joint_logits is not None:
-            # The joint classifier scores all classes of all domains; the target is the domain's offset class.
-            student = self.classification(output.joint_logits, labels + output.label_offset)
-        else:
-            student = self.classification(output.student_logits, labels)
-        losses["loss_student"], losses["accuracy_student"] = student["loss"], student["accuracy"]
         if use_teacher:
             teacher = self.classification(output.teacher_logits, labels)
             losses["loss_teacher"], losses["accuracy_teacher"] = teacher["loss"], teacher["accuracy"]
+        targets = None
         if distil:
+            if external:
+                targets = self._external_targets(config.domains[domain], inputs["pixel_values"], num_classes)
+            else:
+                targets = (output.teacher_embeddings, output.teacher_logits)
+        widths = self._widths(config)
+        unwrapped = extract_model_from_parallel(model)
+
+        def student_losses(dim: int) -> dict[str, torch.Tensor]:
+            return self._student_losses(unwrapped, output, labels, domain, dim, targets)
+
+        losses.update(widths.combine(student_losses) if widths.nested else student_losses(config.embed_dim))
+        active = {name: weight for name, weight in self.weights.items() if name in losses}
+        total = sum(weight * losses[name] for name, weight in active.items()) / sum(active.values())
+        return {"loss": total, **losses}
+
+    def _widths(self, config: Any) -> MatryoshkaWidths:
+        """The model's Matryoshka widths with this loss's weights (just the full width for a plain head)."""
+        return MatryoshkaWidths(
+            getattr(config, "matryoshka_dims", None) or [config.embed_dim],
+            self.matryoshka_weights,
+            config.embed_dim,
+        )
+
+    def _student_losses(
+        self,
+        model: nn.Module,
+        output: Any,
+        labels: torch.Tensor,
+        domain: int,
+        dim: int,
+        targets: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> dict[str, torch.Tensor]:
+        """``L_s`` (and ``L_log``, ``L_rel`` when ``targets`` are given) on the width-``dim`` student prefix.
+
+        At the full width these are the model's own logits; at a smaller width the cosine logits of the prefix
+        against the prefix of the student classifier's weights.
+        """
+        full = dim == model.config.embed_dim
+        joint = output.joint_logits is not None
+        classifier = model.student_classifiers[0 if joint else domain].weight
+        start, count = output.label_offset, output.student_logits.shape[1]
+        # The domain's rows of the classifier (a joint classifier scores every domain's classes).
+        domain_weight = classifier[start : start + count] if joint else classifier
+        losses: dict[str, torch.Tensor] = {}
+        if joint:
+            # The joint classifier scores all classes of all domains; the target is the domain's offset class.
+            logits = output.joint_logits if full else prefix_cosine_logits(output.embeddings, classifier, dim)
+            student = self.classification(logits, labels + start)
+        else:
+            logits = (
+                output.student_logits if full else prefix_cosine_logits(output.embeddings, classifier, dim)
+            )
+            student = self.classification(logits, labels)
+        losses["loss_student"], losses["accuracy_student"] = student["loss"], student["accuracy"]
+        if targets is not None:
+            teacher_embeddings, teacher_logits = targets
             if self.distillation_reaches_backbone:
                 embeddings, logits = output.embeddings, output.student_logits
             else:
                 embeddings, logits = output.detached_embeddings, output.detached_logits
-            if external:
-                teacher_embeddings, teacher_logits = self._external_targets(
-                    config.domains[domain], inputs["pixel_values"], num_classes
-                )
-            else:
-                teacher_embeddings, teacher_logits = output.teacher_embeddings, output.teacher_logits
+            if not full:
+                logits = prefix_cosine_logits(embeddings, domain_weight, dim)
+                embeddings = prefix_embeddings(embeddings, dim)
             losses["loss_logit"] = self.logit(logits, teacher_logits)["loss"]
             losses["loss_relational"] = self.relational(embeddings, teacher_embeddings)["loss"]
-        active = {name: weight for name, weight in self.weights.items() if name in losses}
-        total = sum(weight * losses[name] for name, weight in active.items()) / sum(active.values())
-        return {"loss": total, **losses}
+        return losses
 
     def _external_targets(
         self, domain: str, pixel_values: torch.Tensor, num_classes: int

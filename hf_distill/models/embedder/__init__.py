@@ -6,7 +6,11 @@ classes, so ``AutoModel.from_pretrained(dir)`` works after ``import hf_distill``
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
-from hf_distill.models.embedder.configuration_embedder import UniversalEmbedderConfig
+from hf_distill.models.embedder.configuration_embedder import (
+    UniversalEmbedderConfig,
+    check_matryoshka_dims,
+    check_truncate_dim,
+)
 from hf_distill.models.embedder.image_processing_embedder import UniversalEmbedderImageProcessor
 from hf_distill.models.embedder.modeling_embedder import (
     UniversalEmbedderModel,
@@ -32,5 +36,7 @@ __all__ = [
     "UniversalEmbedderImageProcessor",
     "UniversalEmbedderModel",
     "UniversalEmbedderOutput",
+    "check_matryoshka_dims",
+    "check_truncate_dim",
     "create_backbone",
 ]

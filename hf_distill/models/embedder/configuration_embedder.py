@@ -28,6 +28,58 @@ def fill_preprocessing_defaults(config: Any) -> None:
         config.resize_size = config.image_size
 
 
+def check_matryoshka_dims(
+    dims: list[int] | tuple[int, ...], embed_dim: int | None, name: str = "matryoshka_dims"
+) -> list[int]:
+    """Validate nested embedding widths: distinct positive ints, decreasing, the largest the full width.
+
+    Args:
+        dims: the widths, e.g. ``[64, 32, 16]``.
+        embed_dim: the full embedding width (``None``: not known yet, only the form is checked).
+        name: how to call the setting in error messages.
+
+    Returns:
+        the widths as a list of ints.
+    """
+    values = [int(dim) for dim in dims]
+    if not values or any(dim <= 0 for dim in values):
+        raise ValueError(f"{name} must be a non-empty list of positive widths, got {list(dims)}")
+    if values != sorted(set(values), reverse=True):
+        raise ValueError(
+            f"{name} must be distinct widths in decreasing order (e.g. [64, 32, 16]), got {values}"
+        )
+    if embed_dim is not None and values[0] != embed_dim:
+        raise ValueError(
+            f"{name}={values}: the largest width must be the embedding width {embed_dim} (the full embedding is "
+            "always one of the trained widths)"
+        )
+    return values
+
+
+def check_truncate_dim(truncate_dim: int | None, trained_dims: list[int], name: str = "truncate_dim") -> None:
+    """Refuse a truncation width the model was not trained for, naming the allowed ones.
+
+    Args:
+        truncate_dim: the asked width (``None``: no truncation).
+        trained_dims: the widths the embedding was trained at (``matryoshka_dims``), largest first.
+        name: how to call the argument in error messages.
+    """
+    if truncate_dim is None:
+        return
+    if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int):
+        raise TypeError(f"{name} must be an int or None, got {truncate_dim!r}")
+    if truncate_dim > trained_dims[0]:
+        raise ValueError(
+            f"{name}={truncate_dim} is larger than the embedding width {trained_dims[0]}; "
+            f"trained widths: {trained_dims}"
+        )
+    if truncate_dim not in trained_dims:
+        raise ValueError(
+            f"{name}={truncate_dim} is not a width this embedder was trained at; trained widths "
+            f"(matryoshka_dims): {trained_dims}"
+        )
+
+
 def preprocessing_of(config: Any) -> dict[str, Any]:
     """A config's preprocessing fields, as keyword arguments of :class:`UniversalEmbedderConfig`."""
     values = {name: getattr(config, name) for name in PREPROCESSING_FIELDS}
@@ -55,6 +107,13 @@ class UniversalEmbedderConfig(PreTrainedConfig):
             (``"avg"``, ``"token"``, ``"max"`` …); for transformers backbones ``"token"`` (CLS) or ``"avg"``.
         feature_norm: L2-normalise the backbone feature before the head (UDON's heads expect this).
         embed_dim: output width of the linear head; ``None`` keeps the backbone feature (identity head).
+        matryoshka_dims: the widths the embedding was trained at, largest (the full width) first, e.g.
+            ``[64, 32, 16]`` for a Matryoshka head: each L2-normalised prefix of that width is itself an
+            embedding. ``None``: just the full width (filled in as ``[embed_dim]``, or ``[feature_dim]`` by
+            the model for an identity head).
+        truncate_dim: output only the first ``truncate_dim`` values of the embedding, renormalised; must be
+            one of ``matryoshka_dims``. ``None``: the full width. Settable at load time:
+            ``AutoModel.from_pretrained(dir, truncate_dim=32)``.
         normalize: L2-normalise the final embedding.
         image_size: side of the square centre crop fed to the backbone.
         resize_size: the shorter image side is resized to this (antialiased bilinear) before the crop;
@@ -74,6 +133,8 @@ class UniversalEmbedderConfig(PreTrainedConfig):
     feature_norm: bool = False
     embed_dim: int | None = 64
     normalize: bool = True
+    matryoshka_dims: list[int] | None = None
+    truncate_dim: int | None = None
     image_size: int = 224
     resize_size: int | None = None
     image_mean: list[float] | tuple[float, ...] | None = None
@@ -90,6 +151,11 @@ class UniversalEmbedderConfig(PreTrainedConfig):
         if self.image_size <= 0:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
         self.backbone_kwargs = dict(self.backbone_kwargs or {})
+        if self.matryoshka_dims is None and self.embed_dim is not None:
+            self.matryoshka_dims = [self.embed_dim]
+        if self.matryoshka_dims is not None:
+            self.matryoshka_dims = check_matryoshka_dims(self.matryoshka_dims, self.embed_dim)
+            check_truncate_dim(self.truncate_dim, self.matryoshka_dims)
         fill_preprocessing_defaults(self)
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             raise ValueError(
@@ -111,6 +177,8 @@ class UniversalEmbedderConfig(PreTrainedConfig):
 __all__ = [
     "PREPROCESSING_FIELDS",
     "UniversalEmbedderConfig",
+    "check_matryoshka_dims",
+    "check_truncate_dim",
     "fill_preprocessing_defaults",
     "preprocessing_of",
 ]

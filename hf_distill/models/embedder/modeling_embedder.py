@@ -2,15 +2,19 @@
 
 Self-contained on purpose: this file is copied next to saved checkpoints and imported by
 ``trust_remote_code=True`` in processes that never import hf_distill, so it may only import torch,
-transformers, timm and its sibling configuration file.
+transformers, timm (and numpy / PIL, which they require) and its sibling configuration and image processor files.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
@@ -19,7 +23,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedMode
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.utils import ModelOutput
 
-from .configuration_embedder import UniversalEmbedderConfig
+from .configuration_embedder import UniversalEmbedderConfig, check_matryoshka_dims, check_truncate_dim
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +33,8 @@ class UniversalEmbedderOutput(ModelOutput):
     """Output of :class:`UniversalEmbedderModel`.
 
     Args:
-        embeddings: ``(batch, embed_dim)`` universal embeddings (L2-normalised when ``config.normalize``).
+        embeddings: ``(batch, embed_dim)`` universal embeddings (L2-normalised when ``config.normalize``;
+            ``(batch, truncate_dim)`` and renormalised when ``config.truncate_dim`` is set).
         backbone_features: ``(batch, feature_dim)`` pooled backbone features, before ``feature_norm``.
     """
 
@@ -227,6 +232,11 @@ class UniversalEmbedderModel(UniversalEmbedderPreTrainedModel):
         super().__init__(config)
         self.backbone, self.feature_dim = create_backbone(config)
         self.head = nn.Linear(self.feature_dim, config.embed_dim) if config.embed_dim else nn.Identity()
+        width = config.embed_dim or self.feature_dim
+        # An identity head's width is only known now, once the backbone is built.
+        config.matryoshka_dims = check_matryoshka_dims(config.matryoshka_dims or [width], width)
+        check_truncate_dim(config.truncate_dim, config.matryoshka_dims)
+        self._image_processor = None
         self._non_persistent_buffers = {
             name: buffer.detach().clone() for name, buffer in self.named_non_persistent_buffers()
         }
@@ -265,10 +275,169 @@ class UniversalEmbedderModel(UniversalEmbedderPreTrainedModel):
         embeddings = self.head(hidden)
         if self.config.normalize:
             embeddings = F.normalize(embeddings, dim=-1)
+        if self.config.truncate_dim is not None:
+            embeddings = self.truncate(embeddings, self.config.truncate_dim)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if not return_dict:
             return embeddings, features
         return UniversalEmbedderOutput(embeddings=embeddings, backbone_features=features)
+
+    def truncate(self, embeddings: torch.Tensor, truncate_dim: int | None) -> torch.Tensor:
+        """The first ``truncate_dim`` values of each embedding, L2-renormalised (a Matryoshka prefix).
+
+        Args:
+            embeddings: ``(batch, width)`` embeddings of this model.
+            truncate_dim: one of ``config.matryoshka_dims``; ``None`` returns ``embeddings`` unchanged.
+        """
+        if truncate_dim is None:
+            return embeddings
+        check_truncate_dim(truncate_dim, self.config.matryoshka_dims)
+        return F.normalize(embeddings[..., :truncate_dim], dim=-1)
+
+    @property
+    def image_processor(self) -> Any:
+        """The image processor saved with the model (``preprocessor_config.json`` beside its weights), else
+        the one its config describes. Assign to override."""
+        if self._image_processor is None:
+            from .image_processing_embedder import UniversalEmbedderImageProcessor
+
+            source = Path(str(getattr(self.config, "_name_or_path", "") or ""))
+            if source.name and (source / "preprocessor_config.json").is_file():
+                self._image_processor = UniversalEmbedderImageProcessor.from_pretrained(str(source))
+            else:
+                self._image_processor = UniversalEmbedderImageProcessor.from_model_config(self.config)
+        return self._image_processor
+
+    @image_processor.setter
+    def image_processor(self, processor: Any) -> None:
+        self._image_processor = processor
+
+    @torch.no_grad()
+    def encode(
+        self,
+        images: Any,
+        batch_size: int = 32,
+        device: str | torch.device | None = None,
+        truncate_dim: int | None = None,
+        convert_to_numpy: bool = True,
+        show_progress_bar: bool | None = None,
+        num_workers: int = 0,
+    ) -> Any:
+        """Embed images as sentence-transformers' ``encode`` embeds sentences.
+
+        Args:
+            images: one image or a sequence of them (a list, a ``datasets`` ``image`` column, read lazily): PIL
+                images, file paths (``str`` / ``Path``), ``(H, W[, C])`` uint8 arrays or ``(C, H, W)`` uint8
+                tensors. Preprocessed by :attr:`image_processor`.
+            batch_size: images per forward pass.
+            device: where the forward runs (default: where the model is); the model is moved there.
+            truncate_dim: keep the first ``truncate_dim`` values, renormalised; one of
+                ``config.matryoshka_dims`` (default: ``config.truncate_dim``, else the full width).
+            convert_to_numpy: return a float32 numpy array (default) rather than a CPU tensor.
+            show_progress_bar: a tqdm bar over the images; ``None``: shown from 1,024 images on.
+            num_workers: ``DataLoader`` processes that load and preprocess the next batches (0: here).
+
+        Returns:
+            ``(n_images, dim)`` embeddings in input order, or ``(dim,)`` for a single image.
+        """
+        from PIL import Image
+        from tqdm.auto import tqdm
+
+        single = isinstance(images, Image.Image | str | os.PathLike) or (
+            isinstance(images, np.ndarray | torch.Tensor) and images.ndim <= 3
+        )
+        # Any sized, indexable sequence (a list, a ``datasets`` column) is read lazily, one batch at a time.
+        items = [images] if single else images
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not items:
+            raise ValueError("images is empty: nothing to encode")
+        if device is not None:
+            self.to(device)
+        parameter = next(self.parameters(), None)
+        target = parameter.device if parameter is not None else torch.device("cpu")
+        dtype = (
+            parameter.dtype if parameter is not None and parameter.dtype.is_floating_point else torch.float32
+        )
+        loader = torch.utils.data.DataLoader(
+            _EncodeInputs(items, self.image_processor),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=target.type == "cuda",
+        )
+        if show_progress_bar is None:
+            show_progress_bar = len(items) >= 1024
+        was_training = self.training
+        self.eval()
+        chunks = []
+        try:
+            with tqdm(total=len(items), desc="encoding", unit="img", disable=not show_progress_bar) as bar:
+                for pixel_values in loader:
+                    chunks.append(self.embed_pixel_values(pixel_values.to(target, dtype), truncate_dim).cpu())
+                    bar.update(len(pixel_values))
+        finally:
+            self.train(was_training)
+        embeddings = torch.cat(chunks)
+        if single:
+            embeddings = embeddings[0]
+        return embeddings.numpy() if convert_to_numpy else embeddings
+
+    def embed_pixel_values(self, pixel_values: torch.Tensor, truncate_dim: int | None = None) -> torch.Tensor:
+        """Float32 embeddings of preprocessed images, truncated to ``truncate_dim`` (the one embedding path of
+        :meth:`encode` and ``hf-distill embed``).
+
+        Args:
+            pixel_values: ``(batch, 3, image_size, image_size)`` preprocessed images on the model's device.
+            truncate_dim: see :meth:`encode`.
+        """
+        width = self.config.truncate_dim or self.config.matryoshka_dims[0]
+        if truncate_dim is not None and truncate_dim > width:
+            raise ValueError(
+                f"truncate_dim={truncate_dim} is larger than this model's output width {width}"
+                + (
+                    f" (the config truncates to {self.config.truncate_dim})"
+                    if self.config.truncate_dim
+                    else ""
+                )
+            )
+        check_truncate_dim(truncate_dim, self.config.matryoshka_dims)
+        embeddings = self(pixel_values=pixel_values, return_dict=True).embeddings
+        return self.truncate(embeddings, truncate_dim).float()
+
+
+def load_image(item: Any) -> Any:
+    """A path (``str`` / ``Path``) opened and fully decoded as a PIL image; anything else is returned as is."""
+    if not isinstance(item, str | os.PathLike):
+        return item
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(item)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"cannot decode image file {str(path)!r}: {error}") from error
+
+
+class _EncodeInputs(torch.utils.data.Dataset):
+    """The inputs of :meth:`UniversalEmbedderModel.encode`, loaded and preprocessed (in loader workers if any)."""
+
+    def __init__(self, items: Sequence[Any], processor: Any) -> None:
+        self.items = items
+        self.processor = processor
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = load_image(self.items[index])
+        try:
+            return self.processor(image, return_tensors="pt")["pixel_values"][0]
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"images[{index}]: {error}") from error
 
 
 __all__ = [

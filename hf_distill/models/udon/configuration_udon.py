@@ -10,7 +10,10 @@ from typing import Any, NamedTuple
 
 from transformers import PreTrainedConfig
 
-from hf_distill.models.embedder.configuration_embedder import fill_preprocessing_defaults
+from hf_distill.models.embedder.configuration_embedder import (
+    check_matryoshka_dims,
+    fill_preprocessing_defaults,
+)
 
 
 class UdonVariant(NamedTuple):
@@ -58,6 +61,10 @@ class UdonConfig(PreTrainedConfig):
         domains: domain names, in ``domain_ids`` order.
         num_classes: number of training classes of each domain.
         embed_dim: width of the universal student embedding (64).
+        matryoshka_dims: widths the student embedding is trained at, largest (``embed_dim``) first, e.g.
+            ``[64, 32, 16]``: the student's classification and distillation losses are applied to each
+            L2-normalised prefix (``hf_distill.losses.matryoshka``; weights: ``UdonLoss(matryoshka_weights=...)``)
+            and the exported embedder records them. ``None``: ``[embed_dim]``, the plain UDON head.
         teacher_dim: width of each domain's teacher embedding (256).
         use_teacher: build the per-domain teacher heads and classifiers (off for the UnED baselines).
         joint_classifier: one student classifier over the union of all classes (UJC*) instead of one per
@@ -75,6 +82,7 @@ class UdonConfig(PreTrainedConfig):
     domains: list[str] | None = None
     num_classes: list[int] | None = None
     embed_dim: int = 64
+    matryoshka_dims: list[int] | None = None
     teacher_dim: int = 256
     use_teacher: bool = True
     joint_classifier: bool = False
@@ -95,6 +103,7 @@ class UdonConfig(PreTrainedConfig):
         if any(n < 1 for n in self.num_classes):
             raise ValueError(f"every domain needs at least one class, got num_classes={self.num_classes}")
         self.backbone_kwargs = dict(self.backbone_kwargs or {})
+        self.matryoshka_dims = check_matryoshka_dims(self.matryoshka_dims or [self.embed_dim], self.embed_dim)
         fill_preprocessing_defaults(self)
         super().__post_init__(**kwargs)
 

@@ -257,8 +257,11 @@ class UdonModel(BackboneNormMixin, UdonPreTrainedModel):
         return embedder.to(next(self.parameters()).device).eval()
 
     def export_embedder(self) -> UniversalEmbedderModel:
-        """The universal embedder: backbone + student head; teacher heads and classifiers are dropped."""
-        return self._export(self.student_head, self.config.embed_dim)
+        """The universal embedder: backbone + student head; teacher heads and classifiers are dropped. Its config
+        records the widths the head was trained at (``matryoshka_dims``)."""
+        embedder = self._export(self.student_head, self.config.embed_dim)
+        embedder.config.matryoshka_dims = list(self.config.matryoshka_dims)
+        return embedder
 
     def export_teacher_embedder(self, domain: str | int) -> UniversalEmbedderModel:
         """Backbone + one domain's teacher head (256-d), for the separate (oracle) evaluation.
