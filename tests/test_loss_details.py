@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from hf_distill.losses.logit import kl_logit_distillation, soft_cross_entropy_distillation
+from hf_distill.losses.logit import (
+    LogitDistillationLoss,
+    SoftCrossEntropyDistillationLoss,
+    kl_logit_distillation,
+    soft_cross_entropy_distillation,
+)
 from hf_distill.losses.teacher_dropping import teacher_dropping_coefficients, teacher_dropping_loss
 
 
@@ -65,3 +70,12 @@ def test_teacher_dropping_loss_uses_the_given_generator():
             assert output[f"teacher_{i}/keep_rate"].item() == pytest.approx(
                 (expected[:, i] > 0).float().mean()
             )
+
+
+def test_temperature_defaults_and_must_be_positive():
+    assert LogitDistillationLoss().temperature == 0.1
+    assert SoftCrossEntropyDistillationLoss().temperature == 2.0
+    assert LogitDistillationLoss(temperature=0.5).temperature == 0.5
+    for temperature in (0.0, -1.0):
+        with pytest.raises(ValueError, match=f"temperature must be positive, got {temperature}"):
+            LogitDistillationLoss(temperature=temperature)
