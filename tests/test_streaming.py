@@ -244,3 +244,45 @@ def test_two_gloo_processes_resume_exactly_after_kill_9(shards, tmp_path):
         ids = [(cut[rank] if step < 6 else resumed[rank])[step] for rank in range(2)]
         assert ids[0][0].split("/")[0] == ids[1][0].split("/")[0]
         assert not set(ids[0]) & set(ids[1])
+
+
+def write_image_folders_and_tars(tiny_benchmark, root: Path) -> tuple[Path, Path]:
+    """lowres_digits' training images as ``<domain>/train/<class>/<n>.png`` and as 2 webdataset shards."""
+    import io
+    import tarfile
+
+    split = tiny_benchmark.domains["lowres_digits"]["train"]
+    folders, tars = root / "folders", root / "tars"
+    (tars / "lowres_digits" / "train").mkdir(parents=True)
+    archives = [tarfile.open(tars / "lowres_digits" / "train" / f"{i:05d}.tar", "w") for i in range(2)]
+    for row, example in enumerate(split):
+        folder = folders / "lowres_digits" / "train" / f"{example['label']:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        example["image"].save(folder / f"{row:04d}.png")
+        buffer = io.BytesIO()
+        example["image"].save(buffer, format="PNG")
+        for suffix, data in (("png", buffer.getvalue()), ("cls", str(example["label"]).encode())):
+            info = tarfile.TarInfo(f"{row:04d}.{suffix}")
+            info.size = len(data)
+            archives[row % 2].addfile(info, io.BytesIO(data))
+    for archive in archives:
+        archive.close()
+    (tars / "streaming.json").write_text(json.dumps({"domains": {"lowres_digits": {"num_classes": 6}}}))
+    return folders, tars
+
+
+def test_image_folders_and_webdataset_shards_stream_the_same_images(tiny_benchmark, tmp_path):
+    folders, tars = write_image_folders_and_tars(tiny_benchmark, tmp_path)
+    split = tiny_benchmark.domains["lowres_digits"]["train"]
+    expected = sorted(zip(split["label"], (np.asarray(image).tobytes() for image in split["image"])))
+    for source in (folders, tars):
+        streams = load_domains(source, ["lowres_digits"], streaming=True)
+        assert streams.num_rows == {"lowres_digits": 30} and streams.num_classes == {"lowres_digits": 6}
+        batches = StreamingDomainBatches(streams, lambda image: torch.from_numpy(np.asarray(image).copy()), 5)
+        drawn = [batch for _, batch in zip(range(6), batches)]  # one pass: 6 batches of 5
+        got = sorted(
+            (int(label), pixels.numpy().tobytes())
+            for batch in drawn
+            for label, pixels in zip(batch["labels"], batch["pixel_values"])
+        )
+        assert got == expected, source
