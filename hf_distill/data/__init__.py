@@ -22,6 +22,10 @@ _EXPORTS = {
     "subset_benchmark": "hf_distill.data.loading",
     "subset_indices": "hf_distill.data.loading",
     "subset_split": "hf_distill.data.loading",
+    "StreamingDomainBatches": "hf_distill.data.streaming",
+    "StreamingDomains": "hf_distill.data.streaming",
+    "load_streaming_domains": "hf_distill.data.streaming",
+    "write_parquet_shards": "hf_distill.data.streaming",
     "ImageTransform": "hf_distill.data.transforms",
     "with_pixel_values": "hf_distill.data.transforms",
 }

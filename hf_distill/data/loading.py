@@ -10,13 +10,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from datasets import Dataset, DatasetDict
 
 from hf_distill.data.decoding import OnBadImage
 from hf_distill.data.domains import Benchmark
+
+if TYPE_CHECKING:
+    from hf_distill.data.streaming import StreamingDomains
 
 # Evaluation pairs of a Hub dataset loaded as a domain: each split searched against itself.
 _SELF_PAIRS = {"test": "test", "val": "val"}
@@ -27,7 +30,9 @@ def load_domains(
     domains: Sequence[str] | None = None,
     uned_image_root: str | os.PathLike | None = None,
     on_bad_image: OnBadImage = "raise",
-) -> Benchmark:
+    streaming: bool = False,
+    split: str = "train",
+) -> Benchmark | StreamingDomains:
     """Load domains from any supported source.
 
     Args:
@@ -42,7 +47,18 @@ def load_domains(
         domains: keep only these domains, in this order.
         uned_image_root: the folder UnED's info files' paths are relative to.
         on_bad_image: ``"raise"`` (default) or ``"skip"`` unreadable images (counted in ``decode_report``).
+        streaming: open ``split`` of every domain as a ``datasets.IterableDataset`` instead (parquet or webdataset
+            shards, image folders, Hub ids): returns :class:`~hf_distill.data.streaming.StreamingDomains`, read
+            with :class:`~hf_distill.data.streaming.StreamingDomainBatches`; images are checked while streaming
+            (``on_bad_image`` is the reader's setting then).
+        split: the split to stream (``streaming=True`` only).
     """
+    if streaming:
+        from hf_distill.data.streaming import load_streaming_domains
+
+        if source is None or uned_image_root is not None:
+            raise ValueError("streaming=True needs a folder of shards / image folders or Hub ids as source")
+        return load_streaming_domains(source, domains, split=split)
     from hf_distill.data.benchmark import METADATA_FILE, load_benchmark
     from hf_distill.data.domains import load_hub_domain, load_imagefolder_domains, load_uned_domains
 

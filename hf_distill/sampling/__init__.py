@@ -5,6 +5,7 @@ from hf_distill.sampling.domain_sampler import (
     STRATEGIES,
     UNSEEN_RULES,
     DomainBatchSampler,
+    DomainSchedule,
     group_indices_by_domain,
     largest_remainder_counts,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "STRATEGIES",
     "UNSEEN_RULES",
     "DomainBatchSampler",
+    "DomainSchedule",
     "group_indices_by_domain",
     "largest_remainder_counts",
 ]

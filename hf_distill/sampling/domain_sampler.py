@@ -32,8 +32,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("round_robin", "size", "balanced", "dynamic")
-UNSEEN_RULES = ("authors", "keep_mass")
 LOSS_WINDOWS = ("update", "summary")
+UNSEEN_RULES = ("authors", "keep_mass")
 
 
 def largest_remainder_counts(probabilities: Sequence[float], total: int) -> list[int]:
@@ -53,19 +53,20 @@ def largest_remainder_counts(probabilities: Sequence[float], total: int) -> list
     return counts.tolist()
 
 
-class DomainBatchSampler:
-    """Batch sampler yielding single-domain batches of dataset indices, identical across processes.
+class DomainSchedule:
+    """Which domain each batch position draws from: the strategy logic shared by every single-domain reader.
+
+    Both the map-style :class:`DomainBatchSampler` and the streaming reader
+    (``hf_distill.data.streaming.StreamingDomainBatches``) ask :meth:`domain_at` for the domain of a position, tell
+    :meth:`mark_yielded` which positions they handed out, and receive the trained batches' losses through
+    :meth:`record_loss`; the schedule depends only on the seed, the strategy and those losses.
 
     Args:
-        domain_indices: domain name → indices of its training examples in the (concatenated) dataset, in the
-            domain order used for ``domain_ids``.
-        batch_size: examples per batch *per process*.
+        domains: domain names, in domain-id order.
+        sizes: number of training examples per domain (used by the ``size`` strategy).
         strategy: ``"round_robin"``, ``"size"``, ``"balanced"`` or ``"dynamic"``.
-        seed: seed of every random draw (per-domain shuffles, window schedules).
-        num_replicas: number of processes sharing each global batch.
-        rank: this process's index in ``[0, num_replicas)``.
+        seed: seed of the window schedules.
         update_every: window length ``U`` in batches (released UDON code: 1000).
-        steps_per_epoch: batches per epoch; defaults to ``Σ_d ⌊n_d / global batch⌋`` (one pass over the data).
         probability_temperature: extension, off by default (1.0): dynamic probabilities are raised to
             ``1 / temperature`` and renormalised (> 1 flattens them).
         probability_floor: extension, off by default (0.0): minimum dynamic probability of every domain.
@@ -80,20 +81,18 @@ class DomainBatchSampler:
             steps — never at an update, so an update averages every batch since the last summary: windows
             overlap and vary in length. When a step is both, the update reads the accumulators before the
             summary clears them.
-        summary_every: steps between the summaries of ``loss_window="summary"``; default
-            ``max(steps_per_epoch // 10, 1)`` (the released code's tenth of an epoch).
+        summary_every: steps between the summaries of ``loss_window="summary"``; default (``None``)
+            ``max(steps_per_epoch // 10, 1)`` (the released code's tenth of an epoch), set by the sampler that
+            knows the epoch length.
     """
 
     def __init__(
         self,
-        domain_indices: Mapping[str, Sequence[int]],
-        batch_size: int,
+        domains: Sequence[str],
+        sizes: Sequence[int],
         strategy: str = "dynamic",
         seed: int = 0,
-        num_replicas: int = 1,
-        rank: int = 0,
         update_every: int = 1000,
-        steps_per_epoch: int | None = None,
         probability_temperature: float = 1.0,
         probability_floor: float = 0.0,
         unseen_rule: str = "authors",
@@ -102,13 +101,10 @@ class DomainBatchSampler:
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"sampling strategy must be one of {STRATEGIES}, got '{strategy}'")
-        if not domain_indices:
-            raise ValueError("domain_indices is empty: give at least one domain")
-        if batch_size < 1 or num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(
-                f"need batch_size >= 1 and 0 <= rank < num_replicas, got batch_size={batch_size}, "
-                f"rank={rank}, num_replicas={num_replicas}"
-            )
+        if not domains:
+            raise ValueError("no domains given: give at least one domain")
+        if len(sizes) != len(domains):
+            raise ValueError(f"got {len(sizes)} domain sizes for {len(domains)} domains")
         if unseen_rule not in UNSEEN_RULES:
             raise ValueError(f"unseen_rule must be one of {UNSEEN_RULES}, got {unseen_rule!r}")
         if loss_window not in LOSS_WINDOWS:
@@ -117,37 +113,20 @@ class DomainBatchSampler:
             raise ValueError(f"summary_every must be >= 1 step, got {summary_every}")
         if update_every < 1:
             raise ValueError(f"update_every must be >= 1, got {update_every}")
-        if probability_temperature <= 0 or not 0.0 <= probability_floor * len(domain_indices) <= 1.0:
+        if probability_temperature <= 0 or not 0.0 <= probability_floor * len(domains) <= 1.0:
             raise ValueError(
                 "probability_temperature must be positive and probability_floor × number of domains at most 1, "
                 f"got {probability_temperature} and {probability_floor}"
             )
-        self.domains = list(domain_indices)
-        self.indices = [np.asarray(domain_indices[name], dtype=np.int64) for name in self.domains]
-        self.batch_size = batch_size
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.global_batch_size = batch_size * num_replicas
-        for name, idx in zip(self.domains, self.indices):
-            if len(idx) < self.global_batch_size:
-                raise ValueError(
-                    f"domain '{name}' has {len(idx)} training examples, fewer than one global batch "
-                    f"({batch_size} per process × {num_replicas} processes); lower the batch size or drop the domain"
-                )
+        self.domains = list(domains)
         self.strategy = strategy
         self.seed = seed
         self.update_every = update_every
         self.probability_temperature = probability_temperature
         self.probability_floor = probability_floor
         self.unseen_rule = unseen_rule
-        sizes = [len(idx) for idx in self.indices]
-        self.batches_per_pass = [n // self.global_batch_size for n in sizes]
-        self.steps_per_epoch = steps_per_epoch if steps_per_epoch is not None else sum(self.batches_per_pass)
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
-        self.epoch = 0
         self.loss_window = loss_window
-        self.summary_every = summary_every or max(self.steps_per_epoch // 10, 1)
+        self.summary_every = summary_every
         # loss_window="summary": per-domain [loss sum, count] since the last summary
         self._since_summary = [[0.0, 0] for _ in self.domains]
         num_domains = len(self.domains)
@@ -167,16 +146,10 @@ class DomainBatchSampler:
 
     # ------------------------------------------------------------------------------------ schedule
 
-    def __len__(self) -> int:
-        return self.steps_per_epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch the next iteration yields.
-
-        Args:
-            epoch: zero-based epoch index.
-        """
-        self.epoch = int(epoch)
+    @property
+    def next_to_train(self) -> int:
+        """Position of the next batch to train (the number of batches trained so far)."""
+        return self._next_to_train
 
     def window_probabilities(self, window: int) -> np.ndarray:
         """Probabilities used to draw window ``window`` (uniform for round-robin windows).
@@ -231,46 +204,34 @@ class DomainBatchSampler:
         rng = np.random.default_rng([self.seed, 1, window])
         return rng.permutation(schedule)
 
-    def domain_schedule(self, epoch: int) -> list[int]:
-        """Domain id of every batch of ``epoch`` (computes dynamic probabilities that are not known yet).
-
-        Args:
-            epoch: zero-based epoch index.
-        """
-        start = epoch * self.steps_per_epoch
-        return [self._domain_at(position) for position in range(start, start + self.steps_per_epoch)]
-
     def _domain_at(self, position: int) -> int:
         window = position // self.update_every
         if self._cached_window != window:
             self._cached_window, self._cached_schedule = window, self._window_schedule(window)
         return int(self._cached_schedule[position - window * self.update_every])
 
-    def __iter__(self) -> Iterator[list[int]]:
-        epoch = self.epoch
-        start = epoch * self.steps_per_epoch
-        used_in_epoch = [0] * len(self.domains)
-        # Batches yielded by an abandoned iterator will never be trained.
-        self._pending = deque()
-        for position in range(start, start + self.steps_per_epoch):
-            domain = self._domain_at(position)
-            batch = self._global_batch(epoch, domain, used_in_epoch[domain])
-            used_in_epoch[domain] += 1
-            if position >= self._next_to_train:
-                # Positions before it were trained before a resume and are only being skipped now.
-                self._pending.append((position, domain))
-            lo = self.rank * self.batch_size
-            yield batch[lo : lo + self.batch_size].tolist()
+    def domain_at(self, position: int) -> int:
+        """Domain id of batch ``position`` (computes dynamic probabilities that are not known yet).
 
-    def _global_batch(self, epoch: int, domain: int, k: int) -> np.ndarray:
-        """The k-th global batch of ``domain`` in ``epoch``: a fresh shuffle of the domain for every pass."""
-        per_pass = self.batches_per_pass[domain]
-        data_pass, slot = divmod(k, per_pass)
-        order = np.random.default_rng([self.seed, 0, epoch, domain, data_pass]).permutation(
-            len(self.indices[domain])
-        )
-        chosen = order[slot * self.global_batch_size : (slot + 1) * self.global_batch_size]
-        return self.indices[domain][chosen]
+        Args:
+            position: index of the batch since the start of training.
+        """
+        return self._domain_at(position)
+
+    def mark_yielded(self, position: int, domain: int) -> None:
+        """Note that the batch at ``position`` was handed out; its loss is expected through :meth:`record_loss`.
+
+        Args:
+            position: the batch's position.
+            domain: its domain id.
+        """
+        if position >= self._next_to_train:
+            # Positions before it were trained before a resume and are only being skipped now.
+            self._pending.append((position, domain))
+
+    def forget_pending(self) -> None:
+        """Drop the positions handed out but not trained (an abandoned iterator's read-ahead)."""
+        self._pending = deque()
 
     # ---------------------------------------------------------------------------------- feedback
 
@@ -310,6 +271,10 @@ class DomainBatchSampler:
     def _record_since_summary(self, window: int, step: int, domain_id: int, loss: float) -> None:
         """``loss_window="summary"``: what an update of window ``window + 1`` reads is the accumulators as they
         stand after the window's last trained batch (before that step's summary clears them)."""
+        if self.summary_every is None:
+            raise ValueError(
+                "loss_window='summary' needs summary_every (the steps between logging summaries)"
+            )
         self._since_summary[domain_id][0] += loss
         self._since_summary[domain_id][1] += 1
         self._window_losses[window] = [list(totals) for totals in self._since_summary]
@@ -338,8 +303,6 @@ class DomainBatchSampler:
             "seed": self.seed,
             "domains": list(self.domains),
             "update_every": self.update_every,
-            "steps_per_epoch": self.steps_per_epoch,
-            "epoch": self.epoch,
             "next_to_train": self._next_to_train,
             "history": {int(w): list(p) for w, p in self._history.items()},
             "window_losses": {int(w): [list(v) for v in t] for w, t in self._window_losses.items()},
@@ -348,13 +311,16 @@ class DomainBatchSampler:
             "since_summary": [list(v) for v in self._since_summary],
         }
 
+    # Settings a saved state must share with the run that loads it.
+    _fixed_settings: tuple[str, ...] = ("strategy", "seed", "domains", "update_every")
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; refuses a state from a different configuration.
 
         Args:
             state: a dict from :meth:`state_dict`.
         """
-        for key in ("strategy", "seed", "domains", "update_every", "steps_per_epoch"):
+        for key in self._fixed_settings:
             mine = getattr(self, key)
             if state[key] != mine:
                 raise ValueError(
@@ -371,7 +337,6 @@ class DomainBatchSampler:
         self._since_summary = [
             [float(v[0]), int(v[1])] for v in state.get("since_summary", [[0.0, 0] for _ in self.domains])
         ]
-        self.epoch = int(state["epoch"])
         self._next_to_train = int(state["next_to_train"])
         self._history = {int(w): list(p) for w, p in state["history"].items()}
         self._window_losses = {
@@ -379,6 +344,140 @@ class DomainBatchSampler:
         }
         self._pending = deque()
         self._cached_window = None
+
+
+class DomainBatchSampler(DomainSchedule):
+    """Batch sampler yielding single-domain batches of dataset indices, identical across processes.
+
+    The domain of every batch comes from :class:`DomainSchedule` (this class adds the per-domain index shuffles,
+    the epochs and each process's slice of the global batch).
+
+    Args:
+        domain_indices: domain name → indices of its training examples in the (concatenated) dataset, in the
+            domain order used for ``domain_ids``.
+        batch_size: examples per batch *per process*.
+        strategy: ``"round_robin"``, ``"size"``, ``"balanced"`` or ``"dynamic"``.
+        seed: seed of every random draw (per-domain shuffles, window schedules).
+        num_replicas: number of processes sharing each global batch.
+        rank: this process's index in ``[0, num_replicas)``.
+        update_every: window length ``U`` in batches (released UDON code: 1000).
+        steps_per_epoch: batches per epoch; defaults to ``Σ_d ⌊n_d / global batch⌋`` (one pass over the data).
+        probability_temperature / probability_floor / unseen_rule: see :class:`DomainSchedule`.
+    """
+
+    _fixed_settings = (*DomainSchedule._fixed_settings, "steps_per_epoch")
+
+    def __init__(
+        self,
+        domain_indices: Mapping[str, Sequence[int]],
+        batch_size: int,
+        strategy: str = "dynamic",
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        update_every: int = 1000,
+        steps_per_epoch: int | None = None,
+        probability_temperature: float = 1.0,
+        probability_floor: float = 0.0,
+        unseen_rule: str = "authors",
+        loss_window: str = "update",
+        summary_every: int | None = None,
+    ) -> None:
+        if not domain_indices:
+            raise ValueError("domain_indices is empty: give at least one domain")
+        if batch_size < 1 or num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(
+                f"need batch_size >= 1 and 0 <= rank < num_replicas, got batch_size={batch_size}, "
+                f"rank={rank}, num_replicas={num_replicas}"
+            )
+        indices = [np.asarray(domain_indices[name], dtype=np.int64) for name in domain_indices]
+        super().__init__(
+            list(domain_indices),
+            [len(idx) for idx in indices],
+            strategy=strategy,
+            seed=seed,
+            update_every=update_every,
+            probability_temperature=probability_temperature,
+            probability_floor=probability_floor,
+            unseen_rule=unseen_rule,
+            loss_window=loss_window,
+            summary_every=summary_every,
+        )
+        self.indices = indices
+        self.batch_size = batch_size
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.global_batch_size = batch_size * num_replicas
+        for name, idx in zip(self.domains, self.indices):
+            if len(idx) < self.global_batch_size:
+                raise ValueError(
+                    f"domain '{name}' has {len(idx)} training examples, fewer than one global batch "
+                    f"({batch_size} per process × {num_replicas} processes); lower the batch size or drop the domain"
+                )
+        self.batches_per_pass = [len(idx) // self.global_batch_size for idx in self.indices]
+        self.steps_per_epoch = steps_per_epoch if steps_per_epoch is not None else sum(self.batches_per_pass)
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+        if self.summary_every is None:
+            self.summary_every = max(self.steps_per_epoch // 10, 1)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch the next iteration yields.
+
+        Args:
+            epoch: zero-based epoch index.
+        """
+        self.epoch = int(epoch)
+
+    def domain_schedule(self, epoch: int) -> list[int]:
+        """Domain id of every batch of ``epoch`` (computes dynamic probabilities that are not known yet).
+
+        Args:
+            epoch: zero-based epoch index.
+        """
+        start = epoch * self.steps_per_epoch
+        return [self._domain_at(position) for position in range(start, start + self.steps_per_epoch)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch = self.epoch
+        start = epoch * self.steps_per_epoch
+        used_in_epoch = [0] * len(self.domains)
+        # Batches yielded by an abandoned iterator will never be trained.
+        self.forget_pending()
+        for position in range(start, start + self.steps_per_epoch):
+            domain = self.domain_at(position)
+            batch = self._global_batch(epoch, domain, used_in_epoch[domain])
+            used_in_epoch[domain] += 1
+            self.mark_yielded(position, domain)
+            lo = self.rank * self.batch_size
+            yield batch[lo : lo + self.batch_size].tolist()
+
+    def _global_batch(self, epoch: int, domain: int, k: int) -> np.ndarray:
+        """The k-th global batch of ``domain`` in ``epoch``: a fresh shuffle of the domain for every pass."""
+        per_pass = self.batches_per_pass[domain]
+        data_pass, slot = divmod(k, per_pass)
+        order = np.random.default_rng([self.seed, 0, epoch, domain, data_pass]).permutation(
+            len(self.indices[domain])
+        )
+        chosen = order[slot * self.global_batch_size : (slot + 1) * self.global_batch_size]
+        return self.indices[domain][chosen]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the same schedule after a restart."""
+        return {**super().state_dict(), "steps_per_epoch": self.steps_per_epoch, "epoch": self.epoch}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; refuses a state from a different configuration.
+
+        Args:
+            state: a dict from :meth:`state_dict`.
+        """
+        super().load_state_dict(state)
+        self.epoch = int(state["epoch"])
 
 
 def group_indices_by_domain(domain_ids: Sequence[int], domain_names: Sequence[str]) -> dict[str, list[int]]:

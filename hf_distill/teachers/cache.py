@@ -206,6 +206,7 @@ def build_feature_cache(
     seed: int = 0,
     image_column: str = "image",
     dtype: str = "float32",
+    index_offset: int = 0,
 ) -> datasets.Dataset:
     """Run ``extract_fn`` over ``spec.views`` views of every image of ``dataset`` and store the outputs on disk.
 
@@ -224,6 +225,8 @@ def build_feature_cache(
         seed: seed of the view augmentations.
         image_column: the column holding the images.
         dtype: storage dtype of the features (``"float32"`` or ``"float16"``).
+        index_offset: index of ``dataset``'s first row in the whole source, when it is one process's slice
+            (``hf_distill.teachers.sharded_cache``): ``source_index`` and the view seeds are the whole source's.
 
     Returns:
         The cache as a ``datasets.Dataset`` backed by the Arrow files under ``cache_dir``, with torch formatting.
@@ -243,6 +246,7 @@ def build_feature_cache(
     views = spec.views
 
     def extract(examples: dict[str, list], indices: list[int]) -> dict[str, Any]:
+        indices = [index_offset + index for index in indices]
         pixels = [
             transform_view(transform, image, view_seed(seed, index, view))
             for image, index in zip(examples[image_column], indices)
@@ -282,7 +286,7 @@ def build_feature_cache(
             features=features,
             cache_file_name=str(tmp_dir / "build.arrow"),
             # The spec and seed determine the output; hashing extract_fn (often a torch model) is slow and unstable.
-            new_fingerprint=f"{spec.fingerprint()}-{seed}-{len(dataset)}-{dataset._fingerprint}",
+            new_fingerprint=f"{spec.fingerprint()}-{seed}-{index_offset}-{len(dataset)}-{dataset._fingerprint}",
             desc=f"Caching features of {spec.teacher}",
         )
         mapped.save_to_disk(str(tmp_dir / DATA_DIR))

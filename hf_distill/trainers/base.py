@@ -504,8 +504,10 @@ class DistillationTrainer(Trainer):
 
     def get_train_dataloader(self) -> DataLoader:
         """Build the training loader from :meth:`get_train_batch_sampler` when it returns a sampler."""
+        # A stream of single-domain batches (hf_distill.data.streaming) is its own batch sampler.
+        stream = self.train_dataset if getattr(self.train_dataset, "is_domain_batch_stream", False) else None
         if self._train_batch_sampler is None:
-            self._train_batch_sampler = self.get_train_batch_sampler()
+            self._train_batch_sampler = stream if stream is not None else self.get_train_batch_sampler()
             sampler = self._train_batch_sampler
             if sampler is not None:
                 if hasattr(sampler, "state_dict"):
@@ -522,6 +524,8 @@ class DistillationTrainer(Trainer):
                         )
                     sampler.load_state_dict(state["train_batch_sampler"])
         sampler = self._train_batch_sampler
+        if stream is not None:
+            return self._stream_dataloader(stream)
         if sampler is None:
             return super().get_train_dataloader()
         if self.train_dataset is None:
@@ -542,6 +546,22 @@ class DistillationTrainer(Trainer):
             wrapper.num_processes = 1
             wrapper.process_index = 0
         return prepared
+
+    def _stream_dataloader(self, stream: Any) -> DataLoader:
+        """Loader over a stream of collated batches, read in this process and not handed to accelerate (which
+        would have the main process read and dispatch them: each process reads its own shards here)."""
+        if self.args.dataloader_num_workers:
+            raise ValueError(
+                "a streamed training set is read in the main process, where its resumable state lives: set "
+                f"dataloader_num_workers=0 (got {self.args.dataloader_num_workers})"
+            )
+        # The Trainer skips the trained batches of a resumed epoch; the stream hands it empty placeholders then.
+        stream.skip_placeholders = not self.args.ignore_data_skip
+        return DataLoader(
+            stream,
+            batch_size=None,
+            pin_memory=self.args.dataloader_pin_memory and self.args.device.type == "cuda",
+        )
 
     def _get_dataloader(
         self,
@@ -591,12 +611,26 @@ class DistillationTrainer(Trainer):
         return self._seeded_training_set
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        per_process = [
+            n for n, obj in self._checkpoint_states.items() if getattr(obj, "per_process_state", False)
+        ]
+        if per_process and self.accelerator.num_processes > 1:
+            # Each process reads its own shards: keep every process's state, in rank order.
+            gathered = gather_object(
+                [{name: self._checkpoint_states[name].state_dict() for name in per_process}]
+            )
+            per_process_states = {name: {"per_process": [g[name] for g in gathered]} for name in per_process}
+        else:
+            per_process_states = {}
         if self._checkpoint_states and self.args.should_save:
             folder = os.path.join(
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
             os.makedirs(folder, exist_ok=True)
-            state = {name: obj.state_dict() for name, obj in self._checkpoint_states.items()}
+            state = {
+                name: per_process_states.get(name) or obj.state_dict()
+                for name, obj in self._checkpoint_states.items()
+            }
             torch.save(state, os.path.join(folder, EXTRA_STATE_NAME))
         super()._save_checkpoint(model, trial)
 
