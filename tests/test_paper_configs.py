@@ -31,9 +31,9 @@ sys.path.insert(0, str(REPO / "recipes"))
 
 import udon as udon_recipe  # noqa: E402
 import unic as unic_recipe  # noqa: E402
+from recipe_runs import run_recipe  # noqa: E402
 
-from hf_distill.recipe import load_yaml_config, parse_recipe_args  # noqa: E402
-from hf_distill.registry import get_method  # noqa: E402
+from hf_distill.recipe import load_yaml_config  # noqa: E402
 
 # ViT-B/16 CLIP (OpenAI) input normalisation (SPEC §1's backbone), written out from CLIP's preprocessing.
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -105,15 +105,6 @@ def assert_vitb_embedder(export_dir: Path, embed_dim: int) -> None:
 def logged_steps(output_dir: Path) -> int:
     history = json.loads((output_dir / "log_history.json").read_text())
     return max(entry["step"] for entry in history)
-
-
-def run_recipe(recipe_class: type, argv: list[str]):
-    """``recipe_class.main(argv)`` keeping the recipe object: ``(recipe, test metrics)``."""
-    recipe_args, training_args = parse_recipe_args(
-        (recipe_class.arguments_class, get_method(recipe_class.method).training_arguments_class), argv
-    )
-    recipe = recipe_class(recipe_args, training_args)
-    return recipe, recipe.run()
 
 
 def learning_rates(trainer) -> dict[str, float]:
