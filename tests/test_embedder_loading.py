@@ -87,7 +87,9 @@ def finish(process: subprocess.Popen) -> dict:
 
 @pytest.fixture(scope="module")
 def fresh_runs(saved) -> dict:
-    """The three load paths, started together (each a fresh interpreter) so their imports overlap."""
+    """The three load paths in two fresh interpreters, started together so that their imports overlap: one
+    that imports hf_distill, and one where importing it fails, which loads through remote code and then runs
+    the pipeline (both must work without the package; one interpreter start saved)."""
     images = f"[Image.open(p) for p in {saved['paths']!r}]"
     codes = {
         "hf_distill": f"""
@@ -99,31 +101,26 @@ model = AutoModel.from_pretrained({saved["dir"]!r}).eval()
 processor = AutoImageProcessor.from_pretrained({saved["dir"]!r})
 with torch.no_grad():
     embeddings = model(**processor({images}, return_tensors="pt")).embeddings
-print(json.dumps({{"module": type(model).__module__, "embeddings": embeddings.tolist()}}))
+print(json.dumps({{"hf_distill": {{"module": type(model).__module__, "embeddings": embeddings.tolist()}}}}))
 """,
-        "remote_code": BLOCK_HF_DISTILL
+        "without_hf_distill": BLOCK_HF_DISTILL
         + f"""
 import json, torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModel
+from transformers import AutoImageProcessor, AutoModel, pipeline
 model = AutoModel.from_pretrained({saved["dir"]!r}, trust_remote_code=True).eval()
 processor = AutoImageProcessor.from_pretrained({saved["dir"]!r}, trust_remote_code=True)
 with torch.no_grad():
     embeddings = model(**processor({images}, return_tensors="pt")).embeddings
 loaded = [name for name in sys.modules if name.split(".")[0] == "hf_distill"]
-print(json.dumps({{"module": type(model).__module__, "loaded": loaded, "embeddings": embeddings.tolist()}}))
-""",
-        "pipeline": BLOCK_HF_DISTILL
-        + f"""
-import json
-from transformers import pipeline
+remote_code = {{"module": type(model).__module__, "loaded": loaded, "embeddings": embeddings.tolist()}}
 extractor = pipeline("image-feature-extraction", model={saved["dir"]!r}, trust_remote_code=True)
 vectors = [output[0] for output in extractor({saved["paths"]!r})]
-print(json.dumps({{"vectors": vectors}}))
+print(json.dumps({{"remote_code": remote_code, "pipeline": {{"vectors": vectors}}}}))
 """,
     }
     processes = {name: start_fresh(code, saved["root"]) for name, code in codes.items()}
-    return {name: finish(process) for name, process in processes.items()}
+    return {key: value for process in processes.values() for key, value in finish(process).items()}
 
 
 def test_auto_model_after_importing_hf_distill(saved, fresh_runs):

@@ -1,4 +1,5 @@
-"""End-to-end run of recipes/unic.py on the tiny benchmark: offline teachers, feature cache, export, card."""
+"""End-to-end run of recipes/unic.py on the tiny benchmark: offline teachers, feature cache, training that lowers
+the distillation loss, export, card."""
 
 import json
 import sys
@@ -14,6 +15,24 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 sys.path.insert(0, str(RECIPES))
 
 import unic as unic_recipe  # noqa: E402
+from recipe_runs import run_recipe  # noqa: E402
+
+
+class KeepsTheUntrainedStudent(unic_recipe.UnicRecipe):
+    """The UNIC recipe, keeping a copy of the student's weights as built (before the first step)."""
+
+    def build(self) -> None:
+        super().build()
+        self.untrained = {key: value.clone() for key, value in self.model.state_dict().items()}
+
+
+def distillation_loss(trainer, inputs) -> float:
+    """Sum over teachers of the per-teacher UNIC loss of one batch, in eval mode (no standardiser update),
+    before teacher dropping (which draws at random)."""
+    model = trainer.model.eval()
+    with torch.no_grad():
+        losses = trainer.compute_losses(model, inputs)
+    return sum(float(losses[f"{name}/loss"]) for name in trainer.loss.teacher_names)
 
 
 @pytest.mark.slow
@@ -22,19 +41,29 @@ def test_recipe_distils_from_the_cache_and_exports_a_projector_free_embedder(
 ):
     monkeypatch.setenv("HF_DISTILL_CACHE", str(tmp_path / "cache"))
     output_dir = tmp_path / "run"
-    metrics = unic_recipe.main(
+    recipe, metrics = run_recipe(
+        KeepsTheUntrainedStudent,
         [
             "--config", str(RECIPES / "configs" / "unic_offline.yaml"),
             "--benchmark", str(tiny_benchmark_dir),
             "--output_dir", str(output_dir),
             "--max_train_per_domain", "16",
-            "--max_steps", "2",
+            "--max_steps", "10",  # 2 epochs of the 80 cached views
             "--per_device_train_batch_size", "16",
             "--warmup_steps", "0",
             "--save_strategy", "no",
             "--logging_steps", "1",
-        ]
+        ],
     )  # fmt: skip
+    # Training moved the student towards the teachers: on a batch of the cached training views, under the same
+    # (final) target statistics, the trained student's loss is clearly below the untrained one's. Measured (seed
+    # 0): 1.427 untrained, 1.246 after 10 steps; with --learning_rate 0 both are 1.427.
+    trainer = recipe.trainer
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trained = distillation_loss(trainer, inputs)
+    trainer.model.load_state_dict(recipe.untrained)
+    untrained = distillation_loss(trainer, inputs)
+    assert trained < 0.95 * untrained, (trained, untrained)
     # the final metrics are the retrieval protocol's, and the files on disk agree with the return value
     assert 0.0 <= metrics["merged/mean/R@1"] <= 1.0
     saved = json.loads((output_dir / "test_metrics.json").read_text())
