@@ -250,7 +250,7 @@ class Recipe:
         self.push, args.push_to_hub = bool(args.push_to_hub), False
         if self.push and not args.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id <user>/<name>")
-        if recipe.trainable_from is not None and not self.supports_cached_trunk:
+        if getattr(recipe, "trainable_from", None) is not None and not self.supports_cached_trunk:
             raise ValueError(
                 f"trainable_from is not implemented for the {self.method} recipe yet (UDON has it); leave it unset"
             )
