@@ -77,7 +77,6 @@ def cache_trunk(
     fit_images: int = 5000,
     seed: int = 0,
     batch_size: int = 128,
-    domains: list[str] | None = None,
 ) -> TrunkCache:
     """Cache ``backbone``'s trunk maps of a benchmark (built where missing, reused where present).
 
@@ -95,7 +94,6 @@ def cache_trunk(
             ``starting_point_fit_images``).
         seed: seed of the training views.
         batch_size: images per trunk forward.
-        domains: the domains in ``domain_ids`` order (default: the benchmark's).
     """
     check_trainable_from(backbone, trainable_from)
     # The maps depend on the trunk's weights only: their digest goes into every spec.
@@ -105,14 +103,12 @@ def cache_trunk(
             weights.update(name.encode("utf-8"))
             weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     trunk_id = f"{backbone_id} (trunk weights {weights.hexdigest()[:16]})"
-    names = list(domains or benchmark.domains)
     backbone.eval()
     device = next(backbone.parameters()).device
 
     def extract(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         # channels_last: EfficientNet/MobileNet depthwise convolutions run several times faster so on the CPU.
-        if pixels.dim() == 4:
-            pixels = pixels.to(device).contiguous(memory_format=torch.channels_last)
+        pixels = pixels.to(device).contiguous(memory_format=torch.channels_last)
         return {MAPS_COLUMN: trunk_forward(backbone, pixels, trainable_from).float().cpu().contiguous()}
 
     def cached(domain: str, split: str, rows: list[int], transform: Any, split_views: int) -> datasets.Dataset:
@@ -143,7 +139,7 @@ def cache_trunk(
     train_parts, train_domain_ids, cached_domains = [], [], {}
     eval_splits = sorted({part for pairs in benchmark.eval_pairs.values() for pair in pairs.values() for part in pair})
     per_fit_domain = max(fit_images // max(len(benchmark.domains), 1), 1)
-    for domain_id, domain in enumerate(names):
+    for domain_id, domain in enumerate(benchmark.domains):
         splits = benchmark.domains[domain]
         train = splits["train"]
         rows = subset_indices(len(train), max_train_per_domain, subset_seed)

@@ -247,11 +247,12 @@ def build_feature_cache(
 
     def extract(examples: dict[str, list], indices: list[int]) -> dict[str, Any]:
         indices = [index_offset + index for index in indices]
-        pixels = [
-            transform_view(transform, image, view_seed(seed, index, view))
-            for image, index in zip(examples[image_column], indices)
-            for view in range(views)
-        ]
+        # One RNG save/restore per batch; every view is still seeded by its own view_seed.
+        pixels = seeded_calls(
+            transform,
+            [image for image in examples[image_column] for _ in range(views)],
+            [view_seed(seed, index, view) for index in indices for view in range(views)],
+        )
         with torch.inference_mode():
             features = extract_fn(torch.stack(pixels))
         arrays = _to_numpy(features, len(pixels), np_dtype)
