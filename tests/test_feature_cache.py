@@ -15,8 +15,10 @@ from hf_distill.teachers.cache import (
     CachedViewDataset,
     FeatureCacheSpec,
     build_feature_cache,
+    default_cache_workers,
     load_feature_cache,
     read_cache_metadata,
+    view_seed,
 )
 
 
@@ -190,3 +192,50 @@ def test_cached_view_dataset_rejects_bad_input(tmp_path):
         CachedViewDataset(cache, labels=[0, 1])
     with pytest.raises(ValueError, match="source image 2 but images has 1 rows"):
         CachedViewDataset(cache, images.select([0]), _noisy)
+
+
+def _pixels_and_features(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"pixels": pixels, **_extract(pixels)}
+
+
+@pytest.mark.parametrize("views", [1, 3])
+def test_decoding_workers_store_the_same_views(tmp_path, views):
+    # Decoding and transforming in a DataLoader worker must not change a single stored value: every view is the
+    # transform under its own view_seed (computed here by hand), and the cache's fingerprint stays the same.
+    images = _images(5)
+    spec = _spec(views=views, augmentation="uniform offset" if views > 1 else None)
+    built = {
+        workers: build_feature_cache(
+            images,
+            _pixels_and_features,
+            _noisy,
+            spec,
+            tmp_path / str(workers),
+            batch_size=2,
+            seed=3,
+            num_workers=workers,
+        )  # fmt: skip
+        for workers in (0, 1)
+    }
+    serial, parallel = built[0], built[1]
+    assert serial._fingerprint == parallel._fingerprint
+    assert read_cache_metadata(tmp_path / "0") == read_cache_metadata(tmp_path / "1")
+    for column in ("source_index", "view", "pixels", "map", "vector"):
+        assert torch.equal(serial[:][column], parallel[:][column])
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()
+    for row in range(5 * views):
+        image, view = row // views, row % views
+        torch.manual_seed(view_seed(3, image, view))
+        np.random.seed(view_seed(3, image, view) % 2**32)
+        assert torch.equal(parallel[row]["pixels"], _noisy(images[image]["image"]))
+        assert (int(parallel[row]["source_index"]), int(parallel[row]["view"])) == (image, view)
+    torch.set_rng_state(torch_state), np.random.set_state(numpy_state)
+    if views > 1:
+        assert not torch.equal(parallel[0]["pixels"], parallel[1]["pixels"])
+    with pytest.raises(ValueError, match="num_workers must be >= 0"):
+        build_feature_cache(images, _extract, _plain, spec, tmp_path / "bad", num_workers=-1)
+
+
+def test_default_cache_workers_overlap_only_when_there_is_a_next_batch():
+    assert default_cache_workers(64, 64) == 0
+    assert default_cache_workers(65, 64) >= 1

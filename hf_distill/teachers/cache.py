@@ -16,7 +16,7 @@ never leaves a directory that :func:`load_feature_cache` accepts. :class:`Cached
 training (both methods): each row's features next to the very view of the source image they were computed on.
 
 Length: the cache spec, the builder, the loader and the one dataset that serves cached outputs next to their
-views change together (a spec field is read by all four), so they stay in one module (about 480 lines).
+views change together (a spec field is read by all four), so they stay in one module (about 560 lines).
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from datasets.arrow_writer import ArrowWriter
+from datasets.table import MemoryMappedTable
+from torch.utils.data import DataLoader, Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +198,65 @@ def _to_numpy(
     return arrays
 
 
+class _SeededViewBatches(Dataset):
+    """Batch ``b`` of a cache build: the views of source rows ``[b * batch_size, (b + 1) * batch_size)``, each made
+    under its own :func:`view_seed`, so a batch is the same in the main process and in a DataLoader worker.
+
+    Args:
+        dataset: the source images.
+        transform: image -> pixels.
+        views / seed / index_offset / batch_size / image_column: as :func:`build_feature_cache`.
+    """
+
+    def __init__(
+        self,
+        dataset: datasets.Dataset,
+        transform: Callable[[Any], torch.Tensor],
+        views: int,
+        seed: int,
+        index_offset: int,
+        batch_size: int,
+        image_column: str,
+    ) -> None:
+        self.images = dataset.select_columns([image_column])
+        self.transform, self.views, self.seed = transform, views, seed
+        self.index_offset, self.batch_size, self.image_column = index_offset, batch_size, image_column
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+    def __getitem__(self, batch: int) -> tuple[torch.Tensor, list[int]]:
+        start = int(batch) * self.batch_size
+        stop = min(start + self.batch_size, len(self.images))
+        images = self.images[start:stop][self.image_column]
+        indices = [self.index_offset + index for index in range(start, stop)]
+        views = range(self.views)
+        # One RNG save/restore per batch; every view is still seeded by its own view_seed.
+        pixels = seeded_calls(
+            self.transform,
+            [image for image in images for _ in views],
+            [view_seed(self.seed, index, view) for index in indices for view in views],
+        )
+        return torch.stack(pixels), indices
+
+
+def default_cache_workers(num_rows: int, batch_size: int) -> int:
+    """DataLoader workers decoding the views of a cache build while the main process runs ``extract_fn``.
+
+    None for a single batch (nothing to overlap, and a worker costs a process start); else one on the CPU (the
+    forward needs the other cores) and up to four when a GPU runs the forward.
+
+    Args:
+        num_rows: source rows of the build.
+        batch_size: source rows per batch.
+    """
+    if num_rows <= batch_size:
+        return 0
+    if torch.cuda.is_available():
+        return max(1, min(4, (os.cpu_count() or 2) - 1))
+    return 1
+
+
 def build_feature_cache(
     dataset: datasets.Dataset,
     extract_fn: Callable[[torch.Tensor], dict[str, torch.Tensor]],
@@ -207,17 +268,18 @@ def build_feature_cache(
     image_column: str = "image",
     dtype: str = "float32",
     index_offset: int = 0,
+    num_workers: int | None = None,
 ) -> datasets.Dataset:
     """Run ``extract_fn`` over ``spec.views`` views of every image of ``dataset`` and store the outputs on disk.
 
     Rows are ordered image by image, views within an image: row ``i * views + v`` is view ``v`` of image ``i``.
     View ``v`` of image ``i`` is produced with the global RNGs seeded by :func:`view_seed` ``(seed, i, v)``, so
-    rebuilding with the same seed gives the same views.
+    rebuilding with the same seed gives the same views, whatever the batch size or the number of workers.
 
     Args:
         dataset: source images (a column ``image_column`` of PIL images or anything ``transform`` accepts).
         extract_fn: maps a batch of pixel tensors ``(N, C, H, W)`` to named feature tensors with ``N`` rows; it
-            runs under ``torch.inference_mode``.
+            runs under ``torch.inference_mode``, in the calling process.
         transform: one image → pixel tensor ``(C, H, W)``; random if ``spec.views > 1`` (augmented views).
         spec: what produced the features; saved beside them and checked by :func:`load_feature_cache`.
         cache_dir: destination directory; must not exist yet (delete it to rebuild).
@@ -227,6 +289,8 @@ def build_feature_cache(
         dtype: storage dtype of the features (``"float32"`` or ``"float16"``).
         index_offset: index of ``dataset``'s first row in the whole source, when it is one process's slice
             (``hf_distill.teachers.sharded_cache``): ``source_index`` and the view seeds are the whole source's.
+        num_workers: ``DataLoader`` workers that decode and transform the next batches while ``extract_fn`` runs
+            (0: all in this process; default :func:`default_cache_workers`). The stored values do not depend on it.
 
     Returns:
         The cache as a ``datasets.Dataset`` backed by the Arrow files under ``cache_dir``, with torch formatting.
@@ -242,19 +306,23 @@ def build_feature_cache(
         )
     if len(dataset) == 0:
         raise ValueError("cannot build a feature cache from an empty dataset")
+    if num_workers is None:
+        num_workers = default_cache_workers(len(dataset), batch_size)
+    if num_workers < 0:
+        raise ValueError(f"build_feature_cache: num_workers must be >= 0, got {num_workers}")
     np_dtype = np.dtype(dtype)
     views = spec.views
+    batches = DataLoader(
+        _SeededViewBatches(dataset, transform, views, seed, index_offset, batch_size, image_column),
+        batch_size=None,
+        num_workers=num_workers,
+        # A loader draws its workers' base seed from its generator: its own, so the caller's RNG is untouched.
+        generator=torch.Generator().manual_seed(seed),
+    )
 
-    def extract(examples: dict[str, list], indices: list[int]) -> dict[str, Any]:
-        indices = [index_offset + index for index in indices]
-        # One RNG save/restore per batch; every view is still seeded by its own view_seed.
-        pixels = seeded_calls(
-            transform,
-            [image for image in examples[image_column] for _ in range(views)],
-            [view_seed(seed, index, view) for index in indices for view in range(views)],
-        )
+    def columns_of(pixels: torch.Tensor, indices: list[int]) -> dict[str, Any]:
         with torch.inference_mode():
-            features = extract_fn(torch.stack(pixels))
+            features = extract_fn(pixels)
         arrays = _to_numpy(features, len(pixels), np_dtype)
         columns: dict[str, Any] = {
             "source_index": [index for index in indices for _ in range(views)],
@@ -263,36 +331,38 @@ def build_feature_cache(
         columns.update({name: list(array) for name, array in arrays.items()})
         return columns
 
-    # One probe example fixes the Arrow schema (fixed-shape arrays are far smaller and faster than nested lists).
-    probe = extract(dataset.select([0])[:], [0])
-    features = datasets.Features(
-        {"source_index": datasets.Value("int64"), "view": datasets.Value("int32")}
-        | {
-            name: _feature_type(np.asarray(values[0]))
-            for name, values in probe.items()
-            if name not in _RESERVED_COLUMNS
-        }
-    )
-
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = cache_dir.parent / f".{cache_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp_dir.mkdir()
+    build_file = tmp_dir / "build.arrow"
+    # The spec and seed determine the output; hashing extract_fn (often a torch model) is slow and unstable.
+    fingerprint = f"{spec.fingerprint()}-{seed}-{index_offset}-{len(dataset)}-{dataset._fingerprint}"
+    writer, features = None, None
     try:
-        mapped = dataset.map(
-            extract,
-            with_indices=True,
-            batched=True,
-            batch_size=batch_size,
-            remove_columns=dataset.column_names,
-            features=features,
-            cache_file_name=str(tmp_dir / "build.arrow"),
-            # The spec and seed determine the output; hashing extract_fn (often a torch model) is slow and unstable.
-            new_fingerprint=f"{spec.fingerprint()}-{seed}-{index_offset}-{len(dataset)}-{dataset._fingerprint}",
-            desc=f"Caching features of {spec.teacher}",
+        for pixels, indices in batches:
+            columns = columns_of(pixels, indices)
+            if writer is None:
+                # The first batch fixes the Arrow schema (fixed-shape arrays are far smaller and faster than
+                # nested lists).
+                features = datasets.Features(
+                    {"source_index": datasets.Value("int64"), "view": datasets.Value("int32")}
+                    | {
+                        name: _feature_type(np.asarray(values[0]))
+                        for name, values in columns.items()
+                        if name not in _RESERVED_COLUMNS
+                    }
+                )
+                writer = ArrowWriter(features=features, path=str(build_file), fingerprint=fingerprint)
+            writer.write_batch(columns)
+        writer.finalize()
+        built = datasets.Dataset(
+            MemoryMappedTable.from_file(str(build_file)),
+            info=datasets.DatasetInfo(features=features),
+            fingerprint=fingerprint,
         )
-        mapped.save_to_disk(str(tmp_dir / DATA_DIR))
-        del mapped
-        (tmp_dir / "build.arrow").unlink()
+        built.save_to_disk(str(tmp_dir / DATA_DIR))
+        del built
+        build_file.unlink()
         metadata = {
             "spec": spec.to_dict(),
             "fingerprint": spec.fingerprint(),
@@ -306,6 +376,8 @@ def build_feature_cache(
         (tmp_dir / SPEC_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
         os.replace(tmp_dir, cache_dir)
     except BaseException:
+        if writer is not None:
+            writer.close()
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     logger.info(
