@@ -153,6 +153,35 @@ def bench_steps(
     return seconds
 
 
+def offline_setting(
+    benchmark_dir: str | None, num_images: int
+) -> tuple[torch.nn.ModuleDict, UnicStudentConfig, datasets.Dataset]:
+    """The offline-teacher setting: EfficientNet-Lite0 and MobileNetV2 at 48 px, the student of
+    ``recipes/configs/unic_offline.yaml`` at 32 px, and ``num_images`` training images spread over the domains.
+
+    Args:
+        benchmark_dir: the benchmark (default: the offline one).
+        num_images: training images in all.
+    """
+    benchmark = load_benchmark(benchmark_dir)
+    per_domain = max(1, num_images // len(benchmark.domains))
+    images = datasets.concatenate_datasets(
+        [
+            splits["train"].select(range(per_domain)).select_columns(["image"])
+            for splits in benchmark.domains.values()
+        ]
+    )
+    teachers = load_teachers(
+        [{"model": "efficientnet_lite0", "image_size": 48}, {"model": "mobilenet_v2", "image_size": 48}]
+    )
+    config = UnicStudentConfig(
+        backbone_kwargs={"patch_size": 8, "depth": 4, "embed_dim": 192, "num_heads": 3},
+        image_size=32,
+        teachers=teacher_shapes(teachers),
+    )
+    return teachers, config, images
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--benchmark", default=None, help="offline benchmark directory")
@@ -169,22 +198,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch threads: {args.threads}; load average before: {load_average():.1f}")
     bench_dropping([128, 1024, 4096], num_teachers=2, repeats=3)
-    benchmark = load_benchmark(args.benchmark)
-    per_domain = max(1, args.images // len(benchmark.domains))
-    images = datasets.concatenate_datasets(
-        [
-            splits["train"].select(range(per_domain)).select_columns(["image"])
-            for splits in benchmark.domains.values()
-        ]
-    )
-    teachers = load_teachers(
-        [{"model": "efficientnet_lite0", "image_size": 48}, {"model": "mobilenet_v2", "image_size": 48}]
-    )
-    config = UnicStudentConfig(
-        backbone_kwargs={"patch_size": 8, "depth": 4, "embed_dim": 192, "num_heads": 3},
-        image_size=32,
-        teachers=teacher_shapes(teachers),
-    )
+    teachers, config, images = offline_setting(args.benchmark, args.images)
     settings = [("offline teachers, 32 px student", teachers, config, images, args.batch_size, args.steps)]
     if not args.skip_vitb:
         vitb = vitb_teachers()

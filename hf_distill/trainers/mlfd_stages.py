@@ -508,6 +508,37 @@ def stage2_cache(
 # ------------------------------------------------------------------------------------------------- stage 3
 
 
+def joint_teacher_config(
+    args: MlfdStageArguments,
+    benchmark: Benchmark,
+    teachers: dict[str, MlfdClassifierModel],
+    caches: dict[tuple[str, str], datasets.Dataset],
+) -> JointTeacherConfig:
+    """The joint teacher's architecture: one adaptor per teacher (its cached map's channels and grid), one head
+    per domain, and the ``joint_*`` stage arguments.
+
+    Args:
+        args: the stage arguments.
+        benchmark: the domains (their class counts).
+        teachers: the stage-1 teachers by domain.
+        caches: the stage-2 caches (the first domain's training cache gives the map grids).
+    """
+    names = list(teachers)
+    first = caches[args.domains[0], "train"][0]
+    return JointTeacherConfig(
+        teacher_names=names,
+        teacher_configs=[teachers[name].config.to_dict() for name in names],
+        teacher_channels=[teachers[name].level_channels[0] for name in names],
+        teacher_grids=[list(first[map_column(name)].shape[-2:]) for name in names],
+        datasets=list(args.domains),
+        num_classes=[benchmark.num_classes[domain] for domain in args.domains],
+        adaptor_channels=args.joint_adaptor_channels,
+        out_channels=args.joint_out_channels,
+        fusion_levels=args.joint_fusion_levels,
+        dropout=args.joint_dropout,
+    )
+
+
 def stage3_joint_teacher(
     args: MlfdStageArguments,
     benchmark: Benchmark,
@@ -521,21 +552,8 @@ def stage3_joint_teacher(
         return AutoModel.from_pretrained(folder).eval()
     names = list(teachers)
     columns = [map_column(name) for name in names]
-    first = caches[args.domains[0], "train"][0]
-    config = JointTeacherConfig(
-        teacher_names=names,
-        teacher_configs=[teachers[name].config.to_dict() for name in names],
-        teacher_channels=[teachers[name].level_channels[0] for name in names],
-        teacher_grids=[list(first[column].shape[-2:]) for column in columns],
-        datasets=list(args.domains),
-        num_classes=[benchmark.num_classes[domain] for domain in args.domains],
-        adaptor_channels=args.joint_adaptor_channels,
-        out_channels=args.joint_out_channels,
-        fusion_levels=args.joint_fusion_levels,
-        dropout=args.joint_dropout,
-    )
     torch.manual_seed(args.seed)
-    model = JointTeacherModel(config)
+    model = JointTeacherModel(joint_teacher_config(args, benchmark, teachers, caches))
 
     def maps(domain: str, split: str, labels: list[int]) -> CachedViewDataset:
         index = args.domains.index(domain)
@@ -565,6 +583,73 @@ def stage3_joint_teacher(
 # ------------------------------------------------------------------------------------------------- stage 4
 
 
+def student_config(
+    args: MlfdStageArguments, benchmark: Benchmark, joint: JointTeacherModel, index: int
+) -> MlfdClassifierConfig:
+    """The config of domain ``index``'s student: its classifier, distilling one level per fused map
+    (``student_levels``, default the last ones), each adapted to the fused maps' channels.
+
+    Args:
+        args: the stage arguments.
+        benchmark: the domains (their class counts).
+        joint: the trained joint teacher.
+        index: position of the domain in ``args.domains``.
+    """
+    levels = args.student_levels or list(range(-(args.joint_fusion_levels + 1), 0))
+    return classifier_config(
+        args,
+        index,
+        benchmark.num_classes[args.domains[index]],
+        feature_levels=levels,
+        distill_channels=[joint.config.out_channels] * len(levels),
+    )
+
+
+def student_training_set(
+    args: MlfdStageArguments,
+    benchmark: Benchmark,
+    joint: JointTeacherModel,
+    caches: dict[tuple[str, str], datasets.Dataset],
+    index: int,
+    config: MlfdClassifierConfig,
+) -> CachedViewDataset:
+    """Domain ``index``'s stage-4 training rows: the student's view of each image (``pixel_values``), its label,
+    its domain id and the teachers' cached maps of that image (the joint teacher's inputs).
+
+    With ``cache_views > 1`` the student sees exactly the cached augmented views; with one un-augmented cached
+    view (the paper) it sees a fresh augmentation of the image.
+
+    Args:
+        args: the stage arguments.
+        benchmark: the domains.
+        joint: the joint teacher (its teacher names give the map columns).
+        caches: the stage-2 caches.
+        index: position of the domain in ``args.domains``.
+        config: the student's config (its normalisation).
+    """
+    domain = args.domains[index]
+    source = _train_split(benchmark, domain, args)
+    if args.cache_views > 1:
+        # The student sees exactly the cached (augmented) views, with its own normalisation.
+        pixels = dict(
+            view_transform=_view_transform(args, args.cache_views),
+            normalize=PixelNormalize(config.image_mean, config.image_std),
+        )
+    else:
+        pixels = dict(fresh_transform=_train_transform(args, config.image_mean, config.image_std))
+    return CachedViewDataset(
+        caches[domain, "train"],
+        source,
+        seed=args.seed,
+        columns=[map_column(name) for name in joint.config.teacher_names],
+        labels=_labels(source),
+        domain_id=index,
+        pixels_key="pixel_values",
+        in_memory=True,
+        **pixels,
+    )
+
+
 def stage4_students(
     args: MlfdStageArguments,
     benchmark: Benchmark,
@@ -573,44 +658,15 @@ def stage4_students(
 ) -> dict[str, dict[str, Any]]:
     """Distil the joint teacher into one student per domain; export each as a universal embedder."""
     results = {}
-    levels = args.joint_fusion_levels + 1
-    columns = [map_column(name) for name in joint.config.teacher_names]
     for index, domain in enumerate(args.domains):
         folder = Path(args.output_dir) / "students" / domain
         if _is_done(folder) and (folder / "embedder" / WEIGHTS_FILE).is_file():
             logger.info("stage 4: student %s exists in %s, skipping", domain, folder)
             results[domain] = _read_json(folder / METRICS_FILE)
             continue
-        student_levels = args.student_levels or list(range(-levels, 0))
-        config = classifier_config(
-            args,
-            index,
-            benchmark.num_classes[domain],
-            feature_levels=student_levels,
-            distill_channels=[joint.config.out_channels] * len(student_levels),
-        )
         torch.manual_seed(args.seed)
-        student = MlfdClassifierModel(config)
-        source = _train_split(benchmark, domain, args)
-        if args.cache_views > 1:
-            # The student sees exactly the cached (augmented) views, with its own normalisation.
-            pixels = dict(
-                view_transform=_view_transform(args, args.cache_views),
-                normalize=PixelNormalize(config.image_mean, config.image_std),
-            )
-        else:
-            pixels = dict(fresh_transform=_train_transform(args, config.image_mean, config.image_std))
-        dataset = CachedViewDataset(
-            caches[domain, "train"],
-            source,
-            seed=args.seed,
-            columns=columns,
-            labels=_labels(source),
-            domain_id=index,
-            pixels_key="pixel_values",
-            in_memory=True,
-            **pixels,
-        )
+        student = MlfdClassifierModel(student_config(args, benchmark, joint, index))
+        dataset = student_training_set(args, benchmark, joint, caches, index, student.config)
         loss = MlfdLoss(joint, args.alpha, args.beta, args.gamma, args.temperature)
         logger.info("stage 4: distilling the joint teacher into the %s student", domain)
         metrics = train_classifier(
@@ -715,12 +771,15 @@ __all__ = [
     "MlfdStageArguments",
     "cache_spec",
     "classifier_config",
+    "joint_teacher_config",
     "push_students",
     "run_mlfd_stages",
     "stage1_teachers",
     "stage2_cache",
     "stage3_joint_teacher",
     "stage4_students",
+    "student_config",
+    "student_training_set",
     "student_repo_id",
     "teacher_extractor",
     "train_classifier",
