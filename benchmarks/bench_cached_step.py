@@ -368,7 +368,7 @@ def mlfd_row(args: argparse.Namespace) -> None:
         torch.manual_seed(0)
         joint = JointTeacherModel(joint_teacher_config(stage_args, benchmark, teachers, caches)).eval()
         initial = MlfdClassifierModel(student_config(stage_args, benchmark, joint, 0))
-        dataset = student_training_set(stage_args, benchmark, joint, caches, 0, initial.config)
+        dataset = student_training_set(stage_args, benchmark, joint, caches, 0, initial)
         batches = in_memory_batches(dataset, args.batch_size, len(dataset) // args.batch_size)
 
         def loss() -> MlfdLoss:

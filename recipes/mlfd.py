@@ -42,6 +42,8 @@ class MlfdRecipe(Recipe):
 
     method = "mlfd"
     arguments_class = MlfdStageArguments
+    # Stage-4 students over a cached trunk (MlfdStageArguments.trainable_from).
+    supports_cached_trunk = True
 
     def __init__(self, args: MlfdStageArguments) -> None:
         super().__init__(args, args)

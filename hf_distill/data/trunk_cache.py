@@ -63,6 +63,21 @@ def _digest(values: Any) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
+def trunk_digest(backbone: nn.Module, trainable_from: int) -> str:
+    """A digest of the trunk's weights (its maps depend on them only), for the spec of a trunk cache.
+
+    Args:
+        backbone: a timm backbone (``hf_distill.layers.trunk``).
+        trainable_from: index of the first block that trains.
+    """
+    weights = hashlib.sha256()
+    for module in trunk_modules(backbone, trainable_from):
+        for name, tensor in module.state_dict().items():
+            weights.update(name.encode("utf-8"))
+            weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return weights.hexdigest()[:16]
+
+
 def cache_trunk(
     benchmark: Benchmark,
     backbone: nn.Module,
@@ -97,12 +112,7 @@ def cache_trunk(
     """
     check_trainable_from(backbone, trainable_from)
     # The maps depend on the trunk's weights only: their digest goes into every spec.
-    weights = hashlib.sha256()
-    for module in trunk_modules(backbone, trainable_from):
-        for name, tensor in module.state_dict().items():
-            weights.update(name.encode("utf-8"))
-            weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    trunk_id = f"{backbone_id} (trunk weights {weights.hexdigest()[:16]})"
+    trunk_id = f"{backbone_id} (trunk weights {trunk_digest(backbone, trainable_from)})"
     backbone.eval()
     device = next(backbone.parameters()).device
 

@@ -14,7 +14,7 @@ head: ``trainable_from`` is a stage index) and timm Vision Transformers (``patch
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -72,18 +72,75 @@ def top_forward(backbone: nn.Module, maps: torch.Tensor, trainable_from: int) ->
         maps: the trunk's output.
         trainable_from: the index :func:`trunk_forward` stopped at.
     """
-    kind = _kind(backbone)
+    if _kind(backbone) == "cnn":
+        return top_forward_intermediates(backbone, maps, trainable_from, ())[0]
     x = maps
-    if kind == "cnn":
-        # Cached maps are stored plain (NCHW); depthwise convolutions on the CPU run ~10x faster channels-last.
-        x = x.contiguous(memory_format=torch.channels_last)
     for block in backbone.blocks[trainable_from:]:
         x = block(x)
-    if kind == "cnn":
-        x = backbone.bn2(backbone.conv_head(x))
-    else:
-        x = backbone.norm(x)
-    return backbone.forward_head(x, pre_logits=True)
+    return backbone.forward_head(backbone.norm(x), pre_logits=True)
+
+
+def feature_block_ends(backbone: nn.Module, levels: Sequence[int]) -> list[int]:
+    """For each ``forward_intermediates`` level of a CNN, how many blocks produce its map (0: the stem's output,
+    ``k``: the output of block ``k - 1``), as timm's ``stage_ends`` say.
+
+    Args:
+        backbone: a timm EfficientNet / MobileNet.
+        levels: ``forward_intermediates`` indices (negative counts from the end).
+    """
+    count = len(backbone.stage_ends)
+    for level in levels:
+        if not -count <= level < count:
+            raise ValueError(f"feature level {level} is out of range for a backbone with {count} levels")
+    return [int(backbone.stage_ends[level % count]) for level in levels]
+
+
+def check_levels_above_trunk(backbone: nn.Module, levels: Sequence[int], trainable_from: int) -> None:
+    """Raise a ``ValueError`` naming ``trainable_from`` and the level when a distilled map would come out of the
+    frozen trunk (its distillation loss could then train nothing of the backbone).
+
+    Args:
+        backbone: a timm EfficientNet / MobileNet.
+        levels: the distilled ``forward_intermediates`` levels.
+        trainable_from: index of the first block that trains.
+    """
+    check_trainable_from(backbone, trainable_from)
+    if _kind(backbone) != "cnn":
+        raise ValueError(
+            f"trainable_from with distilled feature levels needs a timm EfficientNet/MobileNet backbone, got "
+            f"{type(backbone).__name__}"
+        )
+    for level, end in zip(levels, feature_block_ends(backbone, levels)):
+        if end <= trainable_from:
+            raise ValueError(
+                f"trainable_from={trainable_from} would freeze distilled feature level {level} (the output of "
+                f"block {end - 1}, inside the frozen blocks 0..{trainable_from - 1}); use trainable_from <= "
+                f"{end - 1} or distil a later level"
+            )
+
+
+def top_forward_intermediates(
+    backbone: nn.Module, maps: torch.Tensor, trainable_from: int, levels: Sequence[int]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """:func:`top_forward` of a CNN that also returns the maps at ``forward_intermediates`` ``levels`` (all above
+    the trunk, :func:`check_levels_above_trunk`), in block order as timm returns them.
+
+    Args:
+        backbone: the backbone whose :func:`trunk_forward` produced ``maps``.
+        maps: the trunk's output.
+        trainable_from: the index :func:`trunk_forward` stopped at.
+        levels: the ``forward_intermediates`` levels to return.
+    """
+    ends = set(feature_block_ends(backbone, levels))
+    # Cached maps are stored plain (NCHW); depthwise convolutions on the CPU run ~10x faster channels-last.
+    x = maps.contiguous(memory_format=torch.channels_last)
+    intermediates = []
+    for index in range(trainable_from, len(backbone.blocks)):
+        x = backbone.blocks[index](x)
+        if index + 1 in ends:
+            intermediates.append(x)
+    x = backbone.bn2(backbone.conv_head(x))
+    return backbone.forward_head(x, pre_logits=True), intermediates
 
 
 def trunk_modules(backbone: nn.Module, trainable_from: int) -> Iterator[nn.Module]:

@@ -156,7 +156,8 @@ class MlfdLoss(nn.Module):
         """Args:
         model: the (possibly wrapped) model being trained.
         inputs: the batch (``pixel_values``/``labels``, plus ``maps_*`` and ``domain_ids`` for the joint
-            teacher and the distilled students).
+            teacher and the distilled students; a student over a cached trunk gets ``trunk_maps`` instead of
+            ``pixel_values``).
         """
         labels = inputs["labels"].long()
         config = extract_model_from_parallel(model).config
@@ -175,7 +176,9 @@ class MlfdLoss(nn.Module):
                 teacher_maps=self.teacher_maps(inputs, joint.teacher_names), domain_ids=inputs["domain_ids"]
             )
         num_classes = joint.num_classes[joint.datasets.index(config.dataset)]
-        output = model(pixel_values=inputs["pixel_values"], output_feature_maps=True)
+        # A student over a cached trunk reads the trunk's maps of the view instead of its pixels.
+        images = {key: inputs[key] for key in ("pixel_values", "trunk_maps") if key in inputs}
+        output = model(**images, output_feature_maps=True)
         return multi_level_distillation_loss(
             output.logits,
             labels,

@@ -39,8 +39,11 @@ from transformers import AutoModel
 from hf_distill.data import ImageTransform, with_pixel_values
 from hf_distill.data.domains import Benchmark
 from hf_distill.data.loading import subset_indices, subset_split
+from hf_distill.data.trunk_cache import MAPS_COLUMN as TRUNK_MAPS
+from hf_distill.data.trunk_cache import trunk_digest
 from hf_distill.hub.push import push_embedder
 from hf_distill.layers.pixels import PixelNormalize
+from hf_distill.layers.trunk import trunk_forward
 from hf_distill.losses import MlfdLoss
 from hf_distill.models.mlfd import (
     JointTeacherConfig,
@@ -49,12 +52,15 @@ from hf_distill.models.mlfd import (
     MlfdClassifierModel,
 )
 from hf_distill.teachers.cache import (
+    SPEC_FILE,
     CachedViewDataset,
     FeatureCacheSpec,
     build_feature_cache,
     load_feature_cache,
     map_column,
+    read_cache_metadata,
 )
+from hf_distill.teachers.offline import is_offline_name, resolve_offline_weights
 from hf_distill.trainers.arguments import MlfdTrainingArguments
 from hf_distill.trainers.base import last_complete_checkpoint
 from hf_distill.trainers.callbacks import starting_point_from_history
@@ -103,6 +109,14 @@ class MlfdStageArguments:
         student_epochs / student_learning_rate: stage 4.
         student_levels: student feature levels distilled, one per fused level (default: the last
             ``joint_fusion_levels + 1`` levels of the student).
+        student_pretrained: backbone weights of every student: an offline weights name
+            (``hf_distill.teachers.offline``, e.g. ``efficientnet_lite0``) or a local safetensors file; the
+            students' backbones (``teacher_backbones``) must be that architecture. ``None``: from scratch.
+        trainable_from: train each student over a cached trunk (``hf_distill.layers.trunk``; timm
+            EfficientNet/MobileNet students): its stages before this index are frozen and run once over the
+            stage-4 training views, the cached teachers' views (the un-augmented image when ``cache_views`` is
+            1, the K augmented views otherwise), and training runs the stages above, the adaptors and the head.
+            Every distilled level must lie above the frozen stages. ``None``: the whole student trains on pixels.
         alpha / beta / gamma / temperature: the multi-level loss weights (released defaults 0.6 / 0.2 / 0.2 / 2).
         weight_decay: AdamW weight decay of every stage (released: 1e-3).
         logging_steps: Trainer logging interval.
@@ -148,6 +162,8 @@ class MlfdStageArguments:
     student_epochs: float = 3.0
     student_learning_rate: float = 1e-3
     student_levels: list[int] | None = None
+    student_pretrained: str | None = None
+    trainable_from: int | None = None
     alpha: float = 0.6
     beta: float = 0.2
     gamma: float = 0.2
@@ -175,6 +191,12 @@ class MlfdStageArguments:
             raise ValueError(f"teacher_paths names unknown domain(s) {unknown}; domains are {self.domains}")
         if self.cache_views < 1:
             raise ValueError(f"cache_views must be at least 1, got {self.cache_views}")
+        if self.trainable_from is not None and (
+            not isinstance(self.trainable_from, int) or self.trainable_from < 0
+        ):
+            raise ValueError(
+                f"trainable_from must be a block index >= 0 or None, got {self.trainable_from!r}"
+            )
         if len(set(self.domains)) != len(self.domains) or not self.domains:
             raise ValueError(f"domains must be distinct and non-empty, got {self.domains}")
         if self.push_to_hub and not self.hub_model_id:
@@ -596,12 +618,17 @@ def student_config(
         index: position of the domain in ``args.domains``.
     """
     levels = args.student_levels or list(range(-(args.joint_fusion_levels + 1), 0))
+    pretrained = args.student_pretrained
+    if pretrained is not None and is_offline_name(pretrained):
+        pretrained = str(resolve_offline_weights(pretrained).path)
     return classifier_config(
         args,
         index,
         benchmark.num_classes[args.domains[index]],
         feature_levels=levels,
         distill_channels=[joint.config.out_channels] * len(levels),
+        pretrained_file=pretrained,
+        trainable_from=args.trainable_from,
     )
 
 
@@ -611,13 +638,14 @@ def student_training_set(
     joint: JointTeacherModel,
     caches: dict[tuple[str, str], datasets.Dataset],
     index: int,
-    config: MlfdClassifierConfig,
+    student: MlfdClassifierModel,
 ) -> CachedViewDataset:
     """Domain ``index``'s stage-4 training rows: the student's view of each image (``pixel_values``), its label,
     its domain id and the teachers' cached maps of that image (the joint teacher's inputs).
 
     With ``cache_views > 1`` the student sees exactly the cached augmented views; with one un-augmented cached
-    view (the paper) it sees a fresh augmentation of the image.
+    view (the paper) it sees a fresh augmentation of the image. A student with ``trainable_from`` gets, instead of
+    pixels, its frozen trunk's maps of the cached views (``trunk_maps``, :func:`student_trunk_cache`).
 
     Args:
         args: the stage arguments.
@@ -625,10 +653,20 @@ def student_training_set(
         joint: the joint teacher (its teacher names give the map columns).
         caches: the stage-2 caches.
         index: position of the domain in ``args.domains``.
-        config: the student's config (its normalisation).
+        student: the student (its normalisation; its trunk over a cached trunk).
     """
+    config = student.config
     domain = args.domains[index]
     source = _train_split(benchmark, domain, args)
+    columns = [map_column(name) for name in joint.config.teacher_names]
+    rows = dict(labels=_labels(source), domain_id=index, in_memory=True)
+    if config.trainable_from is not None:
+        trunk = student_trunk_cache(args, caches, index, student, source)
+        teacher_maps = caches[domain, "train"].select_columns(["source_index", "view", *columns])
+        combined = datasets.concatenate_datasets(
+            [teacher_maps, trunk.select_columns([TRUNK_MAPS]).rename_column(TRUNK_MAPS, "trunk_maps")], axis=1
+        )
+        return CachedViewDataset(combined, columns=[*columns, "trunk_maps"], **rows)
     if args.cache_views > 1:
         # The student sees exactly the cached (augmented) views, with its own normalisation.
         pixels = dict(
@@ -641,13 +679,79 @@ def student_training_set(
         caches[domain, "train"],
         source,
         seed=args.seed,
-        columns=[map_column(name) for name in joint.config.teacher_names],
-        labels=_labels(source),
-        domain_id=index,
+        columns=columns,
         pixels_key="pixel_values",
-        in_memory=True,
+        **rows,
         **pixels,
     )
+
+
+def student_trunk_cache(
+    args: MlfdStageArguments,
+    caches: dict[tuple[str, str], datasets.Dataset],
+    index: int,
+    student: MlfdClassifierModel,
+    source: datasets.Dataset,
+) -> datasets.Dataset:
+    """The student's frozen trunk maps of every stage-4 training view, row for row the views of the teachers'
+    cache (same images, transform, seed and views), built once under ``cache/<domain>_train_trunk-<fingerprint>``.
+
+    Args:
+        args: the stage arguments.
+        caches: the stage-2 caches.
+        index: position of the domain in ``args.domains``.
+        student: a student with ``trainable_from``.
+        source: the domain's training images (the teachers' cache's source).
+    """
+    config = student.config
+    split = config.trainable_from
+    domain = args.domains[index]
+    transform = _view_transform(args, args.cache_views)
+    normalize = PixelNormalize(config.image_mean, config.image_std)
+    teachers_cache = Path(args.output_dir) / "cache" / f"{domain}_train"
+    teachers_spec = read_cache_metadata(teachers_cache)
+    spec = FeatureCacheSpec(
+        teacher=f"{domain} student {config.backbone} (trunk weights {trunk_digest(student.backbone, split)})",
+        layer=f"trunk: blocks before {split}",
+        preprocessing={"transform": repr(transform), "mean": config.image_mean, "std": config.image_std},
+        views=args.cache_views,
+        augmentation=teachers_spec["spec"]["augmentation"],
+        # The views are the teachers' cache's: its fingerprint and seed pin them.
+        extra={"views_of": teachers_spec["fingerprint"], "seed": args.seed},
+    )
+    folder = Path(args.output_dir) / "cache" / f"{domain}_train_trunk-{spec.fingerprint()}"
+    if (folder / SPEC_FILE).is_file():
+        trunk = load_feature_cache(folder, spec)
+    else:
+        backbone = student.backbone
+        device = next(backbone.parameters()).device
+        was_training = backbone.training
+        backbone.eval()
+
+        def extract(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+            # channels_last: EfficientNet/MobileNet depthwise convolutions run several times faster so on the CPU.
+            inputs = normalize(pixels.to(device)).contiguous(memory_format=torch.channels_last)
+            return {TRUNK_MAPS: trunk_forward(backbone, inputs, split).float().cpu().contiguous()}
+
+        logger.info("stage 4: caching the %s student's trunk (blocks before %d)", domain, split)
+        trunk = build_feature_cache(
+            source.select_columns(["image"]),
+            extract,
+            transform,
+            spec,
+            folder,
+            batch_size=args.eval_batch_size,
+            seed=args.seed,
+        )
+        backbone.train(was_training)
+    teachers = caches[domain, "train"].with_format(None).select_columns(["source_index", "view"])[:]
+    mine = trunk.with_format(None).select_columns(["source_index", "view"])[:]
+    if teachers != mine:
+        raise ValueError(
+            f"the trunk cache {folder} does not hold the views of the teachers' cache {teachers_cache} row for row; "
+            "delete both and run stage 2 again"
+        )
+    return trunk
 
 
 def stage4_students(
@@ -666,7 +770,7 @@ def stage4_students(
             continue
         torch.manual_seed(args.seed)
         student = MlfdClassifierModel(student_config(args, benchmark, joint, index))
-        dataset = student_training_set(args, benchmark, joint, caches, index, student.config)
+        dataset = student_training_set(args, benchmark, joint, caches, index, student)
         loss = MlfdLoss(joint, args.alpha, args.beta, args.gamma, args.temperature)
         logger.info("stage 4: distilling the joint teacher into the %s student", domain)
         metrics = train_classifier(
@@ -780,6 +884,7 @@ __all__ = [
     "stage4_students",
     "student_config",
     "student_training_set",
+    "student_trunk_cache",
     "student_repo_id",
     "teacher_extractor",
     "train_classifier",

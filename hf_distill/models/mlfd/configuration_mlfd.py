@@ -35,6 +35,9 @@ class MlfdClassifierConfig(PreTrainedConfig):
             student-side 1×1 conv adaptor is added for each level whose own channel count differs. ``None``
             (teachers, students without distillation) adds none. The adaptors are expendable.
         classifier_dropout: dropout before the classification head.
+        trainable_from: a student trained over a cached trunk (``hf_distill.layers.trunk``): the backbone's stages
+            before this index are frozen and its forward also takes their output maps (``trunk_maps``); every
+            distilled level must lie above them. ``None``: the whole backbone trains, from pixels.
         image_size / resize_size / image_mean / image_std / resample: preprocessing, as in
             :class:`~hf_distill.models.embedder.UniversalEmbedderConfig`.
     """
@@ -49,6 +52,7 @@ class MlfdClassifierConfig(PreTrainedConfig):
     feature_levels: list[int] | None = None
     distill_channels: list[int] | None = None
     classifier_dropout: float = 0.0
+    trainable_from: int | None = None
     image_size: int = 224
     resize_size: int | None = None
     image_mean: list[float] | None = None

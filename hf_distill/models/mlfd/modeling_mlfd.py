@@ -11,6 +11,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from hf_distill.layers import BackboneNormMixin, align_spatial
+from hf_distill.layers.trunk import check_levels_above_trunk, freeze_trunk, top_forward_intermediates
 from hf_distill.models.embedder.modeling_embedder import (
     BackboneOnCPUInitMixin,
     UniversalEmbedderModel,
@@ -84,6 +85,9 @@ class MlfdClassifierModel(BackboneNormMixin, MlfdPreTrainedModel):
             nn.Identity() if source == target else nn.Conv2d(source, target, kernel_size=1)
             for source, target in zip(self.level_channels, targets)
         )
+        if config.trainable_from is not None:
+            check_levels_above_trunk(self.backbone, config.feature_levels, config.trainable_from)
+            freeze_trunk(self.backbone, config.trainable_from)
         self.post_init()
 
     def _channels_of(self, level: int) -> int:
@@ -119,17 +123,30 @@ class MlfdClassifierModel(BackboneNormMixin, MlfdPreTrainedModel):
 
     def forward(
         self,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
         output_feature_maps: bool = False,
+        trunk_maps: torch.Tensor | None = None,
         **kwargs,
     ) -> MlfdClassifierOutput:
-        """Classify a batch of images.
+        """Classify a batch of images, or of the frozen trunk's maps of images (``config.trainable_from``).
 
         Args:
             pixel_values: ``(B, 3, H, W)`` normalised images.
             output_feature_maps: also return the maps at ``config.feature_levels`` (raw and adapted).
+            trunk_maps: instead of ``pixel_values``, the output of the backbone's stages before
+                ``config.trainable_from`` (``hf_distill.layers.trunk.trunk_forward``); the same outputs as
+                the pixels they came from.
         """
-        if output_feature_maps:
+        if (pixel_values is None) == (trunk_maps is None):
+            raise ValueError("MlfdClassifierModel takes exactly one of pixel_values and trunk_maps")
+        if trunk_maps is not None:
+            split = self.config.trainable_from
+            if split is None:
+                raise ValueError("trunk_maps need a classifier built with trainable_from (the trunk's cut)")
+            levels = self.config.feature_levels if output_feature_maps else ()
+            pooled, maps = top_forward_intermediates(self.backbone, trunk_maps, split, levels)
+            maps = maps if output_feature_maps else None
+        elif output_feature_maps:
             pooled, maps = self._run_backbone(pixel_values)
         else:
             pooled, maps = self.backbone(pixel_values), None
