@@ -209,6 +209,8 @@ def launch_two_processes(config: Path, output_dir: Path, *extra: str) -> subproc
     command = [
         str(Path(sys.executable).parent / "accelerate"),
         "launch",
+        "--main_process_port",
+        "0",  # a free port: pytest-xdist may run two launches at once
         "--multi_gpu",
         "--num_processes",
         "2",
