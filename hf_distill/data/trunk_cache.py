@@ -111,7 +111,9 @@ def cache_trunk(
         pixels = pixels.to(device).contiguous(memory_format=torch.channels_last)
         return {MAPS_COLUMN: trunk_forward(backbone, pixels, trainable_from).float().cpu().contiguous()}
 
-    def cached(domain: str, split: str, rows: list[int], transform: Any, split_views: int) -> datasets.Dataset:
+    def cached(
+        domain: str, split: str, rows: list[int], transform: Any, split_views: int
+    ) -> datasets.Dataset:
         source = benchmark.domains[domain][split]
         spec = FeatureCacheSpec(
             teacher=trunk_id,
@@ -133,11 +135,15 @@ def cache_trunk(
         images = source.select_columns(["image"])
         if len(rows) != len(source):
             images = images.select(rows)
-        logger.info("caching the trunk maps of %s/%s (%d images x %d views)", domain, split, len(rows), split_views)
+        logger.info(
+            "caching the trunk maps of %s/%s (%d images x %d views)", domain, split, len(rows), split_views
+        )
         return build_feature_cache(images, extract, transform, spec, folder, batch_size=batch_size, seed=seed)
 
     train_parts, train_domain_ids, cached_domains = [], [], {}
-    eval_splits = sorted({part for pairs in benchmark.eval_pairs.values() for pair in pairs.values() for part in pair})
+    eval_splits = sorted(
+        {part for pairs in benchmark.eval_pairs.values() for pair in pairs.values() for part in pair}
+    )
     per_fit_domain = max(fit_images // max(len(benchmark.domains), 1), 1)
     for domain_id, domain in enumerate(benchmark.domains):
         splits = benchmark.domains[domain]
@@ -153,7 +159,9 @@ def cache_trunk(
         train_domain_ids.extend([domain_id] * len(part))
         # The starting point's PCA sample: the rows training_sample draws from the full training split.
         fit_rows = subset_indices(len(train), per_fit_domain, 0)
-        evaluation = {"train": _as_images(cached(domain, "train", fit_rows, eval_transform, 1), train, fit_rows)}
+        evaluation = {
+            "train": _as_images(cached(domain, "train", fit_rows, eval_transform, 1), train, fit_rows)
+        }
         for split in eval_splits:
             if split in splits:
                 all_rows = list(range(len(splits[split])))
@@ -177,7 +185,9 @@ def _as_images(cache: datasets.Dataset, split: datasets.Dataset, rows: list[int]
     others = [name for name in ("label", "domain") if name in split.column_names]
     source = split.select_columns(others)
     if len(rows) != len(split):
-        source = source.select(rows)
+        # Flattened: concatenating along columns with an indices-mapped dataset turns the maps' fixed-shape
+        # Array3D into nested lists, which read about a hundred times slower (seconds per batch).
+        source = source.select(rows).flatten_indices()
     maps = cache.select_columns([MAPS_COLUMN]).rename_column(MAPS_COLUMN, "image")
     combined = datasets.concatenate_datasets([maps, source], axis=1)
     return combined.with_format("numpy", columns=["image"], output_all_columns=True)
