@@ -6,7 +6,10 @@ Any field of ``UnicRecipeArguments`` or ``UnicTrainingArguments`` can be set in 
 on the command line. Relaunching the same command after an interruption resumes from the last checkpoint in
 ``output_dir``. With ``use_feature_cache`` the teachers run once over ``cache_views`` augmented views of every
 training image (``datasets.map`` to Arrow under ``cache_dir``) and the epochs run only the student; without it
-the teachers run at every step on freshly augmented views. The shared steps are :class:`hf_distill.recipe.Recipe`'s.
+the teachers run at every step on freshly augmented views. With ``trainable_from`` (a pretrained student, e.g.
+``student_offline_weights: efficientnet_lite0``) the student's frozen lower blocks also run once, over the same
+cached views (``UnicRecipe.cache_student_trunk``), and the epochs run only its top and ladders. The shared steps
+are :class:`hf_distill.recipe.Recipe`'s.
 """
 
 from __future__ import annotations
@@ -279,6 +282,7 @@ class UnicRecipe(Recipe):
             "drop_prob": recipe.drop_prob,
             "use_feature_cache": recipe.use_feature_cache,
             "cache_views": recipe.cache_views if recipe.use_feature_cache else None,
+            "trainable_from": recipe.trainable_from,
         }
 
 
