@@ -178,3 +178,18 @@ def test_vit_student_over_a_cached_trunk_matches_its_pixel_path():
                 got.predictions[name][token_type], expected.predictions[name][token_type], rtol=0, atol=1e-5
             )
     torch.testing.assert_close(got.embeddings, expected.embeddings, rtol=0, atol=1e-6)
+
+
+def test_cnn_student_over_a_trunk_round_trips_through_save_and_from_pretrained(offline_lite0, tmp_path):
+    """A checkpoint of a cached-trunk student reloads as one: same weights, maps in, the trunk still frozen."""
+    torch.manual_seed(0)
+    student = UnicStudentModel(_cnn_config(offline_lite0, trainable_from=5)).eval()
+    student.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(reloaded, UnicStudentModel) and reloaded.trunk_split == 5
+    assert not reloaded.backbone.conv_stem.weight.requires_grad
+    maps = trunk_forward(student.backbone, torch.randn(2, 3, 64, 64), 5)
+    with torch.no_grad():
+        expected, got = student(maps, output_predictions=True), reloaded(maps, output_predictions=True)
+    torch.testing.assert_close(got.predictions["fine"]["patch"], expected.predictions["fine"]["patch"])
+    torch.testing.assert_close(got.embeddings, expected.embeddings)

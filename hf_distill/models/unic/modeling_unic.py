@@ -161,6 +161,16 @@ class UnicStudentModel(BackboneNormMixin, UnicStudentPreTrainedModel):
         )
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, the trunk frozen again (loading replaces the parameters that
+        ``__init__`` froze with fresh ones that require gradients)."""
+        model = super().from_pretrained(*args, **kwargs)
+        loaded = model[0] if isinstance(model, tuple) else model  # a tuple with output_loading_info=True
+        if loaded.trunk_split is not None:
+            freeze_trunk(loaded.backbone, loaded.trunk_split)
+        return model
+
     @staticmethod
     def _resolve_blocks(blocks: list[int] | None, depth: int, first: int = 0) -> list[int]:
         """The tapped blocks: ``blocks`` resolved (negative from the end, the last block added), or every block
