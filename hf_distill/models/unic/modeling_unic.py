@@ -197,7 +197,8 @@ class UnicStudentModel(BackboneNormMixin, UnicStudentPreTrainedModel):
         # A CNN's stage widths, read off one small forward in eval mode (no BatchNorm statistic moves).
         training = self.backbone.training
         self.backbone.eval()
-        stem = trunk_forward(self.backbone, torch.zeros(1, 3, 32, 32), 0)
+        probe = torch.zeros(1, 3, 32, 32, device=next(self.backbone.parameters()).device)
+        stem = trunk_forward(self.backbone, probe, 0)
         _, maps = tapped_forward(self.backbone, stem, 0, list(range(len(self.backbone.blocks))))
         self.backbone.train(training)
         return [int(stage.shape[1]) for stage in maps]
