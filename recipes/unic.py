@@ -60,7 +60,8 @@ class UnicRecipeArguments(RecipeArguments):
             ``hf_distill.teachers.offline``): they set the architecture (replacing ``student_backbone``), the
             weights and, where ``image_mean`` / ``image_std`` are unset, the normalisation.
         drop_path_rate: stochastic depth of the student.
-        ladder_blocks: student blocks feeding the projector ladders (default all).
+        ladder_blocks: student blocks (CNN: stages) feeding the projector ladders (default: all that train; with
+            ``trainable_from`` a block inside the frozen trunk is refused).
         projector_init / last_rung_input / last_projector_hidden_ratio: see ``UnicStudentConfig`` (the authors'
             code by default; a CNN's 1280-wide head makes a 4x last projector large: 1 keeps it cheap).
         image_size: student input size; ``train_scale_min`` / ``color_jitter``: view augmentation.
@@ -105,6 +106,8 @@ class UnicRecipeArguments(RecipeArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.student_offline_weights is not None and self.student_pretrained_file is not None:
+            raise ValueError("give student_offline_weights or student_pretrained_file, not both")
         if self.trainable_from is not None:
             if not self.use_feature_cache:
                 raise ValueError(
@@ -163,8 +166,6 @@ class UnicRecipe(Recipe):
         backbone, pretrained_file = recipe.student_backbone, recipe.student_pretrained_file
         mean, std = recipe.image_mean, recipe.image_std
         if recipe.student_offline_weights is not None:
-            if pretrained_file is not None:
-                raise ValueError("give student_offline_weights or student_pretrained_file, not both")
             weights = resolve_offline_weights(recipe.student_offline_weights)
             backbone, pretrained_file = weights.architecture, str(weights.path)
             mean, std = mean or list(weights.mean), std or list(weights.std)

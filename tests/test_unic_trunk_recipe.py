@@ -176,6 +176,10 @@ def test_exported_embedder_on_pixels_equals_the_cached_maps_path(run):
         (["--use_feature_cache", "false"], "trainable_from needs use_feature_cache"),
         (["--trunk_views", "2"], "set cache_views"),
         (["--train_dataset", "some/dataset"], "unset train_dataset"),
+        (
+            ["--student_pretrained_file", "weights.safetensors"],
+            "student_offline_weights or student_pretrained_file",
+        ),
     ],
 )
 def test_cached_trunk_settings_that_cannot_work_are_refused(overrides, message):
