@@ -86,6 +86,38 @@ def top_forward(backbone: nn.Module, maps: torch.Tensor, trainable_from: int) ->
     return backbone.forward_head(x, pre_logits=True)
 
 
+def tapped_forward(
+    backbone: nn.Module, inputs: torch.Tensor, start: int, taps: list[int]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Blocks ``[start, end)`` from ``inputs`` (``trunk_forward(backbone, ·, start)``), keeping some blocks' outputs.
+
+    The last step before pooling is the same as :func:`top_forward`'s (CNN: ``conv_head`` → ``bn2``; ViT: the
+    final norm), so ``backbone.forward_head(final, pre_logits=True)`` gives :func:`top_forward`'s features.
+
+    Args:
+        backbone: a timm backbone (see the module docstring).
+        inputs: the trunk's output at ``start`` (the stem's output for ``start=0``).
+        start: index of the first block to run.
+        taps: indices (``>= start``, increasing) of the blocks whose raw outputs are returned.
+
+    Returns:
+        ``(final, tapped)``: the map (CNN, NCHW) or tokens (ViT) before pooling, and the tapped outputs in order.
+    """
+    kind = _kind(backbone)
+    if any(tap < start for tap in taps):
+        raise ValueError(
+            f"taps {taps} include blocks before start={start}, which tapped_forward does not run"
+        )
+    x = inputs.contiguous(memory_format=torch.channels_last) if kind == "cnn" else inputs
+    wanted, tapped = set(taps), []
+    for index in range(start, len(backbone.blocks)):
+        x = backbone.blocks[index](x)
+        if index in wanted:
+            tapped.append(x)
+    final = backbone.bn2(backbone.conv_head(x)) if kind == "cnn" else backbone.norm(x)
+    return final, tapped
+
+
 def trunk_modules(backbone: nn.Module, trainable_from: int) -> Iterator[nn.Module]:
     """The modules of the frozen lower part (their parameters do not train over a cached trunk).
 
