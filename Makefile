@@ -30,9 +30,11 @@ BENCHMARK ?= manydomain
 $(DATA_STAMP): $(STAMP)
 	$(PY) -m hf_distill.data.benchmark --benchmark $(BENCHMARK) --output $(DATA_DIR)
 
-# pytest's exit code 5 (no test collected) is turned into a failure.
+# pytest's exit code 5 (no test collected) is turned into a failure. Two pytest-xdist workers, one per core
+# (`make test PYTEST_JOBS=0` runs in one process); `--dist worksteal` rebalances when one worker's tests run long.
+PYTEST_JOBS ?= 2
 test: $(STAMP) $(DATA_STAMP)
-	$(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest tests -q -p no:cacheprovider -n $(PYTEST_JOBS) --dist worksteal $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
 
 demo: $(STAMP) $(DATA_STAMP)

@@ -51,6 +51,11 @@ FEATURES = [
     Row("udon_backbone_kd", "UDON, authors' gradient path (KD reaches the adapter)", {"variant": "udon", "distillation_reaches_backbone": True}),
     Row("udon_summary_window", "UDON, released code's sampling window", {"variant": "udon", "sampling_loss_window": "summary"}),
 ]  # fmt: skip
+WIDTHS = [  # issue 21: one Matryoshka head against dedicated narrow heads, trained the same way (regime i)
+    Row("udon_matryoshka", "UDON, Matryoshka head 64/32/16", {"variant": "udon", "matryoshka_dims": [64, 32, 16]}),
+    Row("udon_dim32", "UDON, dedicated 32-d head", {"variant": "udon", "embed_dim": 32}),
+    Row("udon_dim16", "UDON, dedicated 16-d head", {"variant": "udon", "embed_dim": 16}),
+]  # fmt: skip
 FINE_TUNED = [  # regime (ii): Lite0's top stages trained over its cached trunk (recipes/udon.py)
     Row(f"ft_{variant}", f"{label}, Lite0 stages ≥ 5 fine-tuned", {"variant": variant, "trainable_from": 5})
     for variant, label in (("uscrr", "USCRR"), ("ujcrr", "UJCRR"), ("udon_no_dynamic", "UDON w/o dynamic sampling"), ("udon", "UDON"))
@@ -60,13 +65,15 @@ HELD += [
     Row(f"holdout_{v}", f"{label} (without {HOLDOUT})", {"variant": v, "holdout": HOLDOUT})
     for v, label in (("udon", "UDON"), ("ujcrr", "UJCRR"))
 ]
-ROWS = {row.name: row for row in [*START, *FEATURES, *FINE_TUNED, *HELD]}
+ROWS = {row.name: row for row in [*START, *FEATURES, *WIDTHS, *FINE_TUNED, *HELD]}
 SCRIPT_KEYS = set(SHARED) | {
     "start",
     "variant",
     "holdout",
     "sampling_loss_window",
     "distillation_reaches_backbone",
+    "embed_dim",
+    "matryoshka_dims",
 }
 
 
@@ -113,9 +120,10 @@ def retrieval(embed, data: dict, domains: list[str], split: str) -> dict[str, fl
         )
 
 
-def embedder_fn(model):
+def embedder_fn(model, truncate_dim: int | None = None):
+    """The exported embedder over cached features, its output cut to a trained width (``truncate_dim``)."""
     embedder = model.export_embedder().eval()
-    return lambda x: torch.cat([embedder(pixel_values=c).embeddings for c in x.split(4096)])
+    return lambda x: torch.cat([embedder.embed_pixel_values(c, truncate_dim) for c in x.split(4096)])
 
 
 class FeatureEvaluator:
@@ -153,12 +161,13 @@ def fit(settings: dict, seed: int, domains: list[str], out: Path, specialist: bo
             for d in domains
         }
         loss_kwargs = {"external_teachers": teachers}
+    widths = {key: settings[key] for key in ("embed_dim", "matryoshka_dims") if key in settings}
     torch.manual_seed(seed)  # model initialisation draws from the global generator
     model = UdonModel(UdonConfig(
         backbone="features", backbone_source="features", domains=domains,
         backbone_kwargs={"dim": FEATURE_DIM, "layers": settings["adapter_layers"], "hidden": settings["adapter_hidden"]},
         num_classes=[loaded["num_classes"][d] for d in domains], image_size=settings["image_size"],
-        **model_switches, **({"embed_dim": 256} if specialist else {}),
+        **model_switches, **({"embed_dim": 256} if specialist else widths),
     ))  # fmt: skip
     rows = np.concatenate([data[d]["train"][0].numpy() for d in domains]).astype(np.float32)
     table = pa.table({
@@ -246,6 +255,9 @@ def train_run(name: str, settings: dict, seed: int) -> dict:
     from hf_distill.trainers.callbacks import sampling_curves
 
     record = retrieval(embedder_fn(model), data, tested, "test")
+    for width in settings.get("matryoshka_dims", [])[1:]:  # the same model read at its narrower widths
+        narrow = retrieval(embedder_fn(model, width), data, tested, "test")
+        record.update({f"{key}@{width}d": value for key, value in narrow.items()})
     record.update(
         curve=sweep.validation_curve(trainer.state.log_history),
         selected_step=sweep.selected_step(trainer.state.best_model_checkpoint),
@@ -333,6 +345,34 @@ SETTING = (
 )
 
 
+def widths_section(page: dict) -> list[str]:
+    """Issue 21's row: the Matryoshka model read at 64/32/16 against a dedicated head of each width."""
+    if not page["rows"].get("udon_matryoshka"):
+        return []
+    value = functools.partial(sweep.values, page)
+    dedicated = {
+        64: value("udon", PRIMARY),
+        32: value("udon_dim32", PRIMARY),
+        16: value("udon_dim16", PRIMARY),
+    }
+    nested = {
+        width: value("udon_matryoshka", PRIMARY + (f"@{width}d" if width != 64 else ""))
+        for width in dedicated
+    }
+    lines = ["## Matryoshka widths (regime i): merged test R@1 (%)", "",
+             "| head | 64-d | 32-d | 16-d |", "|---|---:|---:|---:|",
+             "| one Matryoshka head (64/32/16), read at each width | " + " | ".join(sweep.cell(nested[w]) for w in dedicated) + " |",
+             "| a dedicated head of that width (UDON row for 64-d) | " + " | ".join(sweep.cell(dedicated[w]) for w in dedicated) + " |", ""]  # fmt: skip
+    for width in dedicated:
+        if nested[width] and dedicated[width]:
+            gap = 100 * (statistics.mean(nested[width]) - statistics.mean(dedicated[width]))
+            goal = "met" if gap >= -1.0 else "missed"
+            lines.append(
+                f"- {width}-d: Matryoshka − dedicated = {gap:+.1f} points (goal: within 1 point — {goal})."
+            )
+    return lines + [""]
+
+
 def write_page(page: dict, report: Path) -> None:
     setup = page["setup"]
     domains = setup["domains"]
@@ -361,6 +401,7 @@ def write_page(page: dict, report: Path) -> None:
         for protocol, metric in (("merged", "R@1"), ("merged", "mP@5"), ("separate", "R@1")):
             lines += [f"## {title}: {protocol} test {metric} (%)", ""]
             lines += sweep.table(page, rows, [*domains, "mean"], lambda c, p=protocol, m=metric: f"{p}/{c}/{m}", "method") + [""]  # fmt: skip
+    lines += widths_section(page)
     held = [(r.name, r.label) for r in HELD]
     lines += [f"## Universality: `{HOLDOUT}` held out of training", ""]
     lines += sweep.table(page, held, ["R@1", "mP@5"], lambda m: f"separate/{HOLDOUT}/{m}", "model") + [""]

@@ -252,7 +252,8 @@ class Recipe:
             raise ValueError("--push_to_hub needs --hub_model_id <user>/<name>")
         if getattr(recipe, "trainable_from", None) is not None and not self.supports_cached_trunk:
             raise ValueError(
-                f"trainable_from is not implemented for the {self.method} recipe yet (UDON has it); leave it unset"
+                f"trainable_from is not implemented for the {self.method} recipe yet (UDON and UNIC have it); "
+                "leave it unset"
             )
         self.benchmark: Any = None
         self.trunk: Any = None
@@ -360,13 +361,25 @@ class Recipe:
 
         return exported_for_inputs(self.trainer.accelerator.unwrap_model(self.trainer.model), embedder)
 
-    def cache_trunk(self, backbone: Any, backbone_id: str, train_transform: Any, eval_transform: Any) -> Any:
+    def cache_trunk(
+        self,
+        backbone: Any,
+        backbone_id: str,
+        train_transform: Any,
+        eval_transform: Any,
+        views: int | None = None,
+        seed: int | None = None,
+        concatenated_view_seeds: bool = False,
+    ) -> Any:
         """Cache the trunk maps of the benchmark for ``trainable_from`` and keep them in ``self.trunk``.
 
         Args:
             backbone: the pretrained backbone module.
             backbone_id: architecture and weights, for the cache spec.
             train_transform / eval_transform: the run's training augmentation and evaluation transform.
+            views / seed: training views per image and their seed (default ``trunk_views`` and the run's seed).
+            concatenated_view_seeds: the views of a cache over all domains' training images at once
+                (``hf_distill.data.trunk_cache.cache_trunk``; UNIC's teacher targets).
 
         Returns:
             the :class:`~hf_distill.data.trunk_cache.TrunkCache`.
@@ -382,12 +395,13 @@ class Recipe:
             train_transform,
             eval_transform,
             recipe.trunk_cache_dir,
-            views=recipe.trunk_views,
+            views=recipe.trunk_views if views is None else views,
             max_train_per_domain=recipe.max_train_per_domain,
             subset_seed=recipe.subset_seed,
             fit_images=recipe.starting_point_fit_images,
-            seed=self.args.seed,
+            seed=self.args.seed if seed is None else seed,
             batch_size=recipe.eval_batch_size,
+            concatenated_view_seeds=concatenated_view_seeds,
         )
         return self.trunk
 

@@ -43,6 +43,8 @@ def test_two_process_cache_equals_the_single_process_cache(tiny_benchmark, tiny_
     command = [
         str(Path(sys.executable).parent / "accelerate"),
         "launch",
+        "--main_process_port",
+        "0",  # a free port: pytest-xdist may run two launches at once
         "--multi_gpu",
         "--num_processes",
         "2",

@@ -188,6 +188,8 @@ def run_script(shards: Path, output_dir: Path, tag: str, processes: int = 1, **o
         command = [
             str(Path(sys.executable).parent / "accelerate"),
             "launch",
+            "--main_process_port",
+            "0",  # a free port: pytest-xdist may run two launches at once
             "--multi_gpu",
             "--num_processes",
             str(processes),

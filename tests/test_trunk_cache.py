@@ -120,6 +120,19 @@ def test_cached_maps_give_the_exported_embedder_of_pixels(tiny_benchmark, lite0_
     assert not (flags_rows[0]["pixel_values"] == flags_rows[1]["pixel_values"]).all()
 
 
+def test_every_cached_split_keeps_the_fixed_shape_map_type(tiny_benchmark, trunk):
+    """Nested-list maps read about a hundred times slower; the PCA sample (a random subset of the training rows)
+    once lost its Array3D type when its labels were joined to the maps."""
+    cache, _, _ = trunk
+    for name, splits in cache.benchmark.domains.items():
+        for split, dataset in splits.items():
+            assert isinstance(dataset.features["image"], datasets.Array3D), (name, split, dataset.features)
+        fit = splits["train"]
+        assert len(fit) < len(tiny_benchmark.domains[name]["train"])  # a subset: the indices path was taken
+        assert fit[:2]["image"].shape[0] == 2
+    assert isinstance(cache.train_dataset.features["pixel_values"], datasets.Array3D)
+
+
 def test_second_build_reuses_the_cache(tiny_benchmark, lite0_model, trunk, monkeypatch):
     _, root, (train, evaluation) = trunk
     import hf_distill.data.trunk_cache as module

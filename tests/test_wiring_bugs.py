@@ -302,6 +302,8 @@ def test_every_epoch_draws_new_seeded_augmentation_on_two_processes(tmp_path):
     command = [
         str(Path(sys.executable).parent / "accelerate"),
         "launch",
+        "--main_process_port",
+        "0",  # a free port: pytest-xdist may run two launches at once
         "--multi_gpu",
         "--num_processes",
         "2",

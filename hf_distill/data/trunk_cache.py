@@ -23,7 +23,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +52,14 @@ class TrunkCache:
             in consecutive rows.
         train_domain_ids: the domain id of every training row.
         benchmark: the evaluation benchmark over maps (``image`` = maps).
+        train_rows: ``(source index, view)`` of every training row, the pair its view was seeded with
+            (:func:`~hf_distill.teachers.cache.view_seed`).
     """
 
     train_dataset: datasets.Dataset
     train_domain_ids: list[int]
     benchmark: Benchmark
+    train_rows: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _digest(values: Any) -> str:
@@ -92,6 +95,7 @@ def cache_trunk(
     fit_images: int = 5000,
     seed: int = 0,
     batch_size: int = 128,
+    concatenated_view_seeds: bool = False,
 ) -> TrunkCache:
     """Cache ``backbone``'s trunk maps of a benchmark (built where missing, reused where present).
 
@@ -109,6 +113,10 @@ def cache_trunk(
             ``starting_point_fit_images``).
         seed: seed of the training views.
         batch_size: images per trunk forward.
+        concatenated_view_seeds: seed the training views by each image's index in the concatenation of every
+            domain's training subset (domain order) instead of its index in its domain: the views a cache built
+            over that concatenation makes with the same transform and seed (UNIC's teacher targets), so that a row
+            of each is one view of one image.
     """
     check_trainable_from(backbone, trainable_from)
     # The maps depend on the trunk's weights only: their digest goes into every spec.
@@ -121,21 +129,26 @@ def cache_trunk(
         pixels = pixels.to(device).contiguous(memory_format=torch.channels_last)
         return {MAPS_COLUMN: trunk_forward(backbone, pixels, trainable_from).float().cpu().contiguous()}
 
-    def cached(domain: str, split: str, rows: list[int], transform: Any, split_views: int) -> datasets.Dataset:
+    def cached(
+        domain: str, split: str, rows: list[int], transform: Any, split_views: int, offset: int = 0
+    ) -> datasets.Dataset:
         source = benchmark.domains[domain][split]
+        extra = {
+            "benchmark": domain_digest(benchmark, domain),
+            "domain": domain,
+            "split": split,
+            "rows": _digest(rows) if len(rows) != len(source) else len(source),
+            "seed": seed,
+        }
+        if concatenated_view_seeds and transform is train_transform:
+            extra["view_index_offset"] = offset  # other views: another cache
         spec = FeatureCacheSpec(
             teacher=trunk_id,
             layer=f"trunk: blocks before {trainable_from}",
             preprocessing={"transform": repr(transform)},
             views=split_views,
             augmentation=repr(transform) if split_views > 1 or transform is train_transform else None,
-            extra={
-                "benchmark": domain_digest(benchmark, domain),
-                "domain": domain,
-                "split": split,
-                "rows": _digest(rows) if len(rows) != len(source) else len(source),
-                "seed": seed,
-            },
+            extra=extra,
         )
         folder = Path(cache_root) / domain / f"{split}-{spec.fingerprint()}"
         if (folder / SPEC_FILE).is_file():
@@ -143,19 +156,29 @@ def cache_trunk(
         images = source.select_columns(["image"])
         if len(rows) != len(source):
             images = images.select(rows)
-        logger.info("caching the trunk maps of %s/%s (%d images x %d views)", domain, split, len(rows), split_views)
-        return build_feature_cache(images, extract, transform, spec, folder, batch_size=batch_size, seed=seed)
+        logger.info(
+            "caching the trunk maps of %s/%s (%d images x %d views)", domain, split, len(rows), split_views
+        )
+        return build_feature_cache(
+            images, extract, transform, spec, folder, batch_size=batch_size, seed=seed, index_offset=offset
+        )
 
-    train_parts, train_domain_ids, cached_domains = [], [], {}
-    eval_splits = sorted({part for pairs in benchmark.eval_pairs.values() for pair in pairs.values() for part in pair})
+    train_parts, train_domain_ids, train_rows, cached_domains, offset = [], [], [], {}, 0
+    eval_splits = sorted(
+        {part for pairs in benchmark.eval_pairs.values() for pair in pairs.values() for part in pair}
+    )
     per_fit_domain = max(fit_images // max(len(benchmark.domains), 1), 1)
     for domain_id, domain in enumerate(benchmark.domains):
         splits = benchmark.domains[domain]
         train = splits["train"]
         rows = subset_indices(len(train), max_train_per_domain, subset_seed)
-        cache = cached(domain, "train", rows, train_transform, views).with_format("numpy")
+        offset_here = offset if concatenated_view_seeds else 0
+        cache = cached(domain, "train", rows, train_transform, views, offset_here).with_format("numpy")
+        offset += len(rows)
         labels = np.asarray(train.select_columns(["label"])["label"], dtype=np.int64)[rows]
-        source = cache.select_columns(["source_index"])[:]["source_index"]
+        indexed = cache.select_columns(["source_index", "view"])[:]
+        source = np.asarray(indexed["source_index"]) - offset_here
+        train_rows.extend(zip(indexed["source_index"].tolist(), indexed["view"].tolist()))
         part = cache.select_columns([MAPS_COLUMN]).rename_column(MAPS_COLUMN, "pixel_values")
         part = part.add_column("labels", labels[source].tolist())
         part = part.add_column("domain_ids", [domain_id] * len(part))
@@ -163,7 +186,9 @@ def cache_trunk(
         train_domain_ids.extend([domain_id] * len(part))
         # The starting point's PCA sample: the rows training_sample draws from the full training split.
         fit_rows = subset_indices(len(train), per_fit_domain, 0)
-        evaluation = {"train": _as_images(cached(domain, "train", fit_rows, eval_transform, 1), train, fit_rows)}
+        evaluation = {
+            "train": _as_images(cached(domain, "train", fit_rows, eval_transform, 1), train, fit_rows)
+        }
         for split in eval_splits:
             if split in splits:
                 all_rows = list(range(len(splits[split])))
@@ -179,7 +204,7 @@ def cache_trunk(
         metadata=benchmark.metadata,
         path=benchmark.path,
     )
-    return TrunkCache(train_dataset, train_domain_ids, cached_benchmark)
+    return TrunkCache(train_dataset, train_domain_ids, cached_benchmark, train_rows)
 
 
 def _as_images(cache: datasets.Dataset, split: datasets.Dataset, rows: list[int]) -> datasets.Dataset:
@@ -187,7 +212,9 @@ def _as_images(cache: datasets.Dataset, split: datasets.Dataset, rows: list[int]
     others = [name for name in ("label", "domain") if name in split.column_names]
     source = split.select_columns(others)
     if len(rows) != len(split):
-        source = source.select(rows)
+        # Flattened: an axis-1 concatenation with an index mapping turns the maps' Array3D type into nested
+        # lists, which read about a hundred times slower and cannot be concatenated with another domain's maps.
+        source = source.select(rows).flatten_indices()
     maps = cache.select_columns([MAPS_COLUMN]).rename_column(MAPS_COLUMN, "image")
     combined = datasets.concatenate_datasets([maps, source], axis=1)
     return combined.with_format("numpy", columns=["image"], output_all_columns=True)

@@ -25,28 +25,31 @@ class ProjectorLadder(nn.Module):
     Args:
         blocks: selected block indices (non-negative, increasing).
         depth: number of student blocks (the last one gets the wide projector).
-        in_dim: student width ``d``.
+        in_dim: student width ``d``, or one width per selected block (a CNN's stages differ in width).
         out_dim: teacher feature width.
-        hidden_ratio: hidden width of intermediate projectors, in multiples of ``d``.
-        last_hidden_ratio: hidden width of the last block's projector, in multiples of ``d``.
+        hidden_ratio: hidden width of intermediate projectors, in multiples of their input width.
+        last_hidden_ratio: hidden width of the last block's projector, in multiples of its input width.
     """
 
     def __init__(
         self,
         blocks: list[int],
         depth: int,
-        in_dim: int,
+        in_dim: int | list[int],
         out_dim: int,
         hidden_ratio: float,
         last_hidden_ratio: float,
     ) -> None:
         super().__init__()
         self.blocks = list(blocks)
+        widths = [in_dim] * len(self.blocks) if isinstance(in_dim, int) else [int(width) for width in in_dim]
+        if len(widths) != len(self.blocks):
+            raise ValueError(f"ProjectorLadder got {len(widths)} input widths for {len(self.blocks)} blocks")
         self.projectors = nn.ModuleList(
             Projector(
-                in_dim, int(in_dim * (last_hidden_ratio if block == depth - 1 else hidden_ratio)), out_dim
+                width, int(width * (last_hidden_ratio if block == depth - 1 else hidden_ratio)), out_dim
             )
-            for block in self.blocks
+            for block, width in zip(self.blocks, widths)
         )
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:

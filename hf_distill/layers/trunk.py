@@ -72,12 +72,18 @@ def top_forward(backbone: nn.Module, maps: torch.Tensor, trainable_from: int) ->
         maps: the trunk's output.
         trainable_from: the index :func:`trunk_forward` stopped at.
     """
-    if _kind(backbone) == "cnn":
-        return top_forward_intermediates(backbone, maps, trainable_from, ())[0]
+    kind = _kind(backbone)
     x = maps
+    if kind == "cnn":
+        # Cached maps are stored plain (NCHW); depthwise convolutions on the CPU run ~10x faster channels-last.
+        x = x.contiguous(memory_format=torch.channels_last)
     for block in backbone.blocks[trainable_from:]:
         x = block(x)
-    return backbone.forward_head(backbone.norm(x), pre_logits=True)
+    if kind == "cnn":
+        x = backbone.bn2(backbone.conv_head(x))
+    else:
+        x = backbone.norm(x)
+    return backbone.forward_head(x, pre_logits=True)
 
 
 def feature_block_ends(backbone: nn.Module, levels: Sequence[int]) -> list[int]:
@@ -119,28 +125,36 @@ def check_levels_above_trunk(backbone: nn.Module, levels: Sequence[int], trainab
             )
 
 
-def top_forward_intermediates(
-    backbone: nn.Module, maps: torch.Tensor, trainable_from: int, levels: Sequence[int]
+def tapped_forward(
+    backbone: nn.Module, inputs: torch.Tensor, start: int, taps: list[int]
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """:func:`top_forward` of a CNN that also returns the maps at ``forward_intermediates`` ``levels`` (all above
-    the trunk, :func:`check_levels_above_trunk`), in block order as timm returns them.
+    """Blocks ``[start, end)`` from ``inputs`` (``trunk_forward(backbone, ·, start)``), keeping some blocks' outputs.
+
+    The last step before pooling is the same as :func:`top_forward`'s (CNN: ``conv_head`` → ``bn2``; ViT: the
+    final norm), so ``backbone.forward_head(final, pre_logits=True)`` gives :func:`top_forward`'s features.
 
     Args:
-        backbone: the backbone whose :func:`trunk_forward` produced ``maps``.
-        maps: the trunk's output.
-        trainable_from: the index :func:`trunk_forward` stopped at.
-        levels: the ``forward_intermediates`` levels to return.
+        backbone: a timm backbone (see the module docstring).
+        inputs: the trunk's output at ``start`` (the stem's output for ``start=0``).
+        start: index of the first block to run.
+        taps: indices (``>= start``, increasing) of the blocks whose raw outputs are returned.
+
+    Returns:
+        ``(final, tapped)``: the map (CNN, NCHW) or tokens (ViT) before pooling, and the tapped outputs in order.
     """
-    ends = set(feature_block_ends(backbone, levels))
-    # Cached maps are stored plain (NCHW); depthwise convolutions on the CPU run ~10x faster channels-last.
-    x = maps.contiguous(memory_format=torch.channels_last)
-    intermediates = []
-    for index in range(trainable_from, len(backbone.blocks)):
+    kind = _kind(backbone)
+    if any(tap < start for tap in taps):
+        raise ValueError(
+            f"taps {taps} include blocks before start={start}, which tapped_forward does not run"
+        )
+    x = inputs.contiguous(memory_format=torch.channels_last) if kind == "cnn" else inputs
+    wanted, tapped = set(taps), []
+    for index in range(start, len(backbone.blocks)):
         x = backbone.blocks[index](x)
-        if index + 1 in ends:
-            intermediates.append(x)
-    x = backbone.bn2(backbone.conv_head(x))
-    return backbone.forward_head(x, pre_logits=True), intermediates
+        if index in wanted:
+            tapped.append(x)
+    final = backbone.bn2(backbone.conv_head(x)) if kind == "cnn" else backbone.norm(x)
+    return final, tapped
 
 
 def trunk_modules(backbone: nn.Module, trainable_from: int) -> Iterator[nn.Module]:

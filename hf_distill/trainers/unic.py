@@ -8,7 +8,8 @@ with ``datasets.map`` for a fixed number of augmented views per image (`build_un
 distillation epochs run only the student.
 
 Training batches hold ``images``: ``(batch, 3, H, W)`` floats in ``[0, 1]`` at the student's resolution. The
-trainer normalises them for the student, and each teacher resizes and normalises them its own way.
+trainer normalises them for the student, and each teacher resizes and normalises them its own way. Over a cached
+trunk (``trainable_from``) they hold ``pixel_values`` instead, the student's trunk maps of the cached view.
 """
 
 from __future__ import annotations
@@ -165,8 +166,11 @@ class UnicTrainer(DistillationTrainer):
 
     def compute_losses(self, model: nn.Module, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
         """UNIC loss of one batch (see the module docstring)."""
-        images = inputs["images"]
-        pixels = self._student_norm(images)
+        if "pixel_values" in inputs:
+            # Over a cached trunk the batch carries the student's input itself: the trunk's maps of the view.
+            pixels = inputs["pixel_values"]
+        else:
+            pixels = self._student_norm(inputs["images"])
         targets = self.targets_from_inputs(inputs)
         if self.args.standardize_targets:
             self.standardizer.total_steps = max(int(self.state.max_steps or 1), 1)
@@ -178,7 +182,7 @@ class UnicTrainer(DistillationTrainer):
                 }
                 for name, per_type in targets.items()
             }
-        generator = self._dropping_generator(images.device)
+        generator = self._dropping_generator(pixels.device)
         return self.loss(model, {"pixel_values": pixels, "targets": targets}, generator=generator)
 
 
@@ -307,8 +311,13 @@ def cached_training_set(
     dtype: str = "float16",
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 128,
+    trunk: Any = None,
 ) -> CachedViewDataset:
     """The student's training set from the feature cache: cached teacher targets next to the same views.
+
+    Over a cached trunk (``trunk``, a :class:`~hf_distill.data.trunk_cache.TrunkCache` built with
+    ``concatenated_view_seeds`` over the same images, transform, views and seed) a row holds the targets and, as
+    ``pixel_values``, the student's trunk maps of the same view instead of the view's pixels.
 
     The cache lives in ``cache_dir`` (default ``$HF_DISTILL_CACHE/unic_features/<spec fingerprint>``) and is built
     on first use; its spec records the teachers, the view transform, the number of views, the dtype and where the
@@ -322,6 +331,7 @@ def cached_training_set(
         views / seed / dtype: cached views per image, their seed, the storage dtype.
         cache_dir: where the cache goes.
         batch_size: images per teacher forward while building.
+        trunk: the student's cached trunk, or None (pixels).
     """
     from hf_distill.teachers import hf_distill_cache_dir
 
@@ -333,7 +343,17 @@ def cached_training_set(
         dataset_id=dataset_id, dtype=dtype,
     )  # fmt: skip
     logger.info("training on %d cached views from %s", len(cache), cache_dir)
-    return CachedViewDataset(cache, images, transform, seed)
+    if trunk is None:
+        return CachedViewDataset(cache, images, transform, seed)
+    rows = cache.with_format(None).select_columns(["source_index", "view"])[:]
+    if list(zip(rows["source_index"], rows["view"])) != [tuple(row) for row in trunk.train_rows]:
+        raise ValueError(
+            f"the trunk cache's training views do not match the teacher cache in {cache_dir} (another image set, "
+            "view count or order); build both from the same training images with concatenated_view_seeds"
+        )
+    maps = trunk.train_dataset.with_format(None).select_columns(["pixel_values"])
+    combined = datasets.concatenate_datasets([cache.with_format(None), maps], axis=1)
+    return CachedViewDataset(combined.with_format("torch"))
 
 
 def teacher_shapes(teachers: dict[str, FrozenTeacher]) -> dict[str, dict[str, Any]]:

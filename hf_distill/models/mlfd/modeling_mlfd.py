@@ -11,7 +11,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from hf_distill.layers import BackboneNormMixin, align_spatial
-from hf_distill.layers.trunk import check_levels_above_trunk, freeze_trunk, top_forward_intermediates
+from hf_distill.layers.trunk import check_levels_above_trunk, feature_block_ends, freeze_trunk, tapped_forward
 from hf_distill.models.embedder.modeling_embedder import (
     BackboneOnCPUInitMixin,
     UniversalEmbedderModel,
@@ -143,9 +143,11 @@ class MlfdClassifierModel(BackboneNormMixin, MlfdPreTrainedModel):
             split = self.config.trainable_from
             if split is None:
                 raise ValueError("trunk_maps need a classifier built with trainable_from (the trunk's cut)")
-            levels = self.config.feature_levels if output_feature_maps else ()
-            pooled, maps = top_forward_intermediates(self.backbone, trunk_maps, split, levels)
-            maps = maps if output_feature_maps else None
+            # forward_intermediates' level k is the output of block stage_ends[k] - 1, above the trunk.
+            levels = self.config.feature_levels if output_feature_maps else []
+            taps = sorted({end - 1 for end in feature_block_ends(self.backbone, levels)})
+            final, maps = tapped_forward(self.backbone, trunk_maps, split, taps)
+            pooled, maps = self.backbone.forward_head(final), (maps if output_feature_maps else None)
         elif output_feature_maps:
             pooled, maps = self._run_backbone(pixel_values)
         else:
