@@ -200,6 +200,7 @@ def recipe_run(name: str, settings: dict, seed: int) -> dict:
     """Regime (ii): ``recipes/udon.py`` with the row's recipe settings and the plateau rule."""
     spec = importlib.util.spec_from_file_location("udon_recipe", ROOT / "recipes" / "udon.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while they are being defined
     spec.loader.exec_module(module)
     out = Path(settings["output_root"]) / f"{name}_seed{seed}"
     argv = [
