@@ -235,10 +235,13 @@ def verdict(a: Sequence[float], b: Sequence[float]) -> tuple[str, float, float]:
 
 
 def verdict_line(claim: str, a: Sequence[float], b: Sequence[float], scale: float = 100.0) -> str:
-    """A Markdown verdict line: ``- **claim**: holds (+2.1 points, sum of stds 0.8).``"""
+    """A Markdown verdict line: ``- **claim**: holds (+2.1 points, sum of stds 0.8).`` ``a`` is a trained row: with
+    one seed there is no seed noise to judge by, so the line gives the difference and no verdict."""
     if not a or not b:
         return f"- **{claim}**: not measured."
     word, delta, noise = verdict(a, b)
+    if len(a) < 2:
+        return f"- **{claim}**: one seed only, no verdict ({scale * delta:+.1f} points)."
     return f"- **{claim}**: {word} ({scale * delta:+.1f} points, sum of stds {scale * noise:.1f})."
 
 

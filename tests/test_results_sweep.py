@@ -31,6 +31,8 @@ def test_verdict_rule_by_hand():
     # means 0.52 vs 0.53: |−0.01| < 0.02 + 0.02
     assert sweep.verdict(a, [0.51, 0.53, 0.55])[0] == sweep.NOISE
     assert sweep.verdict_line("x", a, b) == "- **x**: holds (+11.0 points, sum of stds 3.0)."
+    # one seed of the trained row: no noise estimate, so no verdict (a deterministic reference is fine)
+    assert sweep.verdict_line("x", [0.52], [0.41]) == "- **x**: one seed only, no verdict (+11.0 points)."
     assert sweep.cell(a) == "52.0 ± 2.0" and sweep.cell([0.5]) == "50.0 ± 0.0"
 
 
