@@ -21,6 +21,7 @@ import hashlib
 import inspect
 import json
 import os
+import shlex
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -107,6 +108,20 @@ def save_page(page: dict, path: Path) -> None:
     os.replace(temporary, path)
 
 
+def record_command(setup: dict, script: str, argv: Sequence[str]) -> list[str]:
+    """Add this invocation to the page's ``commands`` (every distinct one that wrote runs to the store, in order).
+
+    A page is often filled by several invocations (regimes, later seeds); each is kept so every row's command
+    can be rerun. A store written before this list (one ``command``) keeps that command first.
+    """
+    command = f"HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/{script} " + shlex.join(argv)
+    commands = setup.setdefault("commands", [setup["command"]] if setup.get("command") else [])
+    setup.pop("command", None)
+    if command not in commands:
+        commands.append(command)
+    return commands
+
+
 def done_keys(page: dict) -> set[str]:
     return {record["key"] for records in page["rows"].values() for record in records if "key" in record}
 
@@ -158,8 +173,11 @@ def run_sweep(
             print(f"skipping {row.name}: {page['skipped'][row.name]}", flush=True)
             continue
         keys = {seed: run_key(settings, seed) for seed in (seeds if row.seeded else [0])}
-        # Runs of this row made with other settings (or seeds) no longer belong on the page.
-        page["rows"][row.name] = [r for r in page["rows"].get(row.name, []) if r.get("key") in keys.values()]
+        # Runs of this row made with other settings no longer belong on the page; runs of seeds this invocation
+        # does not ask for stay (a page's seeds may be filled by several invocations).
+        page["rows"][row.name] = [
+            r for r in page["rows"].get(row.name, []) if r.get("key") == run_key(settings, r.get("seed", 0))
+        ]
         pending += [(row.name, settings, seed, key) for seed, key in keys.items() if key not in done]
     save_page(page, path)
     start = time.perf_counter()

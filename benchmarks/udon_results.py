@@ -392,7 +392,7 @@ def write_page(page: dict, report: Path) -> None:
         ),
     ]
     lines += ["", "**Budget rule.** " + setup.get("budget", "(this page predates the plateau rule: fixed steps, "
-              "last step evaluated)"), "", "Produced by:", "", "```", setup.get("command", ""), "```", ""]  # fmt: skip
+              "last step evaluated)"), "", "Produced by:", "", "```", *setup.get("commands", [setup.get("command", "")]), "```", ""]  # fmt: skip
     for title, rows in (
         ("(i) heads + adapter on cached Lite0 features", labelled),
         ("(ii) Lite0 top stages fine-tuned", fine),
@@ -437,8 +437,8 @@ def main(argv: list[str] | None = None) -> None:
     page = convert(sweep.load_page(report.with_suffix(".json")))
     if not args.report_only:
         shared = {key: getattr(args, key) for key in SHARED}
+        sweep.record_command(page["setup"], "udon_results.py", argv if argv is not None else sys.argv[1:])
         page["setup"].update(
-            command="HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/udon_results.py " + " ".join(argv or sys.argv[1:]),
             domains=list(features(args.benchmark, args.image_size)["data"]), shared=shared,
             budget=f"every trained row stops once validation merged R@1 gained ≤ {100 * args.plateau_min_gain:.1f} "
             f"points over the last {100 * args.plateau_fraction:.0f} % of its steps (evaluated every {args.eval_steps} "

@@ -36,6 +36,18 @@ def test_verdict_rule_by_hand():
     assert sweep.cell(a) == "52.0 ± 2.0" and sweep.cell([0.5]) == "50.0 ± 0.0"
 
 
+def test_every_invocation_that_filled_a_page_is_kept():
+    # a store written before the list, then one new command given twice (kept once)
+    setup = {"command": "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/u.py --seeds 0"}
+    sweep.record_command(setup, "u.py", ["--rows", "a b", "--seeds", "1"])
+    sweep.record_command(setup, "u.py", ["--rows", "a b", "--seeds", "1"])
+    assert "command" not in setup
+    assert setup["commands"] == [
+        "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/u.py --seeds 0",
+        "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/u.py --rows 'a b' --seeds 1",
+    ]
+
+
 def test_store_resumes_reruns_changed_rows_and_skips_unsupported(tmp_path):
     path = tmp_path / "page.json"
     rows = [Row("a", "A", {"base": 0.5}), Row("start", "start", {"base": 0.1}, seeded=False)]
@@ -49,9 +61,14 @@ def test_store_resumes_reruns_changed_rows_and_skips_unsupported(tmp_path):
     CALLS.clear()
     sweep.run_sweep(rows, [0, 1], {"steps": 10}, fake_train, path, jobs=1)
     assert CALLS == []
+    # A later invocation for another seed adds it and keeps the seeds it did not ask for.
+    page = sweep.run_sweep(rows, [2], {"steps": 10}, fake_train, path, jobs=1)
+    assert CALLS == [("a", 2)]
+    assert sweep.values(page, "a", "merged/mean/R@1") == pytest.approx([0.50, 0.51, 0.52])
     # Another shared setting changes every key: the row is run again and its old runs leave the page; a row
     # setting a name the library does not accept is listed as skipped and never trained.
     rows.append(Row("ft", "fine-tuned", {"base": 0.9, "trainable_from": 5}))
+    CALLS.clear()
     page = sweep.run_sweep(
         rows[::2], [0], {"steps": 20}, fake_train, path, accepted={"base", "steps"}, jobs=1
     )
