@@ -89,6 +89,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--unseen", nargs="+", default=["typefaces", "photos"], help="domains for the universality check"
     )
+    parser.add_argument(
+        "--cap-epochs",
+        type=float,
+        default=30,
+        help="run stages 1 and 4 to their val top-1 plateau with this many epochs as the cap (0: the config's "
+        "fixed schedule)",
+    )
+    parser.add_argument("--min-epochs", type=float, default=4, help="never stop on a plateau before this")
     parser.add_argument("--work-dir", default="outputs/mlfd_results", help="one sub-folder per seed")
     parser.add_argument("--output", default="docs/results/mlfd.md")
     parser.add_argument(
@@ -299,6 +307,34 @@ def row_value(record: dict[str, Any], row: str, domain: str, metric: str) -> flo
     return (single if row == "student_single" else multi)["students"][domain].get(metric)
 
 
+TRAINED = ("teacher", "student_single", "student_multi")
+
+
+def trained_runs(records: list[dict], domain: str) -> dict[str, list[dict]]:
+    """The models trained for ``domain`` (stages 1 and 4) as sweep rows: per seed its metrics, val curve,
+    selected step, training seconds and load, under ``<domain>/<row>``."""
+    runs: dict[str, list[dict]] = {}
+    for row in TRAINED:
+        for record in records:
+            stages = record["stages"]["multi" if row == "student_multi" else "single"]
+            metrics = (stages["teachers"] if row == "teacher" else stages["students"])[domain]
+            run = {**metrics, "seed": record["seed"], "seconds": metrics.get("train_seconds", 0.0)}
+            runs.setdefault(f"{domain}/{row}", []).append({**run, "load": record["load"]})
+    return runs
+
+
+def schedule(arguments: dict[str, Any]) -> str:
+    """The stage-1/4 budget rule in words."""
+    if not arguments.get("stop_on_plateau"):
+        return f"{arguments['teacher_epochs']:g} epochs"
+    return (
+        f"until val top-1 gained ≤ {100 * arguments['plateau_min_gain']:g} points over the last "
+        f"{100 * arguments['plateau_fraction']:g} % of the steps (evaluated every epoch, never before epoch "
+        f"{arguments.get('plateau_min_epochs', 0):g}, cap {arguments['teacher_epochs']:g} epochs; the best val "
+        "epoch is kept, so the val top-1 table is the selection metric and test is the unbiased one)"
+    )
+
+
 def seed_values(records: list[dict], row: str, domains: list[str], column: str, metric: str) -> list[float]:
     """Per seed, the value in ``column`` (a domain, or ``mean``: the unweighted mean over ``domains``)."""
     values = []
@@ -372,6 +408,28 @@ def unseen_table(records: list[dict], domains: list[str], unseen: list[str]) -> 
             label = "dataset-specific student, no distillation"
         cells = [cell(unseen_values(records, row, domain, target)) for domain, target in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def claims(records: list[dict], domains: list[str]) -> list[str]:
+    """Claim (e) of the results issue, on mean test R@1 (unseen classes) and mean val top-1, per fusion variant."""
+    lines = []
+    for student in ("student_single", "student_multi"):
+        for metric, name in (("test/R@1", "mean test R@1"), ("val/top1", "mean val top-1")):
+            lines.append(
+                sweep.verdict_line(
+                    f"(e) {LABELS[student]} beats the dataset-specific students, {name}",
+                    seed_values(records, student, domains, "mean", metric),
+                    seed_values(records, "teacher", domains, "mean", metric),
+                )
+            )
+        lines.append(
+            sweep.verdict_line(
+                f"{LABELS[student]} beats its untrained starting point, mean test R@1",
+                seed_values(records, student, domains, "mean", "test/R@1"),
+                seed_values(records, "starting_point", domains, "mean", "test/R@1"),
+            )
+        )
     return lines
 
 
@@ -502,16 +560,34 @@ def report(page: dict[str, Any], output: Path) -> str:
     domains, unseen = arguments["domains"], results["unseen"]
     backbones = dict(zip(domains, arguments["teacher_backbones"]))
     plot_paths = plots(records, domains, unseen, output)
+    rows = [(f"{domain}/{row}", f"{domain}: {SHORT[row]}") for domain in domains for row in TRAINED]
+    curves = {
+        "rows": {name: runs for domain in domains for name, runs in trained_runs(records, domain).items()}
+    }
+    for domain in domains:
+        mine = [(name, label.split(": ")[1]) for name, label in rows if name.startswith(f"{domain}/")]
+        path = sweep.plot_curves(
+            curves, mine, output.with_name(f"{output.stem}_val_{domain}.png"), f"{domain}: val top-1 (%)"
+        )
+        plot_paths += [path] if path else []
     seconds = [record["seconds"] for record in records]
     lines = [
         "# MLFD on the many-class benchmark",
         "",
+        "## Claims",
+        "",
+        *claims(records, domains),
+        "",
+        "Verdict rule: a claim holds when the difference of the means exceeds the sum of the two seed standard "
+        "deviations, does not hold when it is below minus that sum, else it is within seed noise.",
+        "",
+        *[f"- {note}" for note in page.get("notes", [])],
         *summary(records, domains, unseen),
         "",
         "Produced by (Δ marked * when |Δ| > the sum of the two standard deviations, the issue's noise rule):",
         "",
         "```",
-        results["command"],
+        *results.get("commands", [results.get("command", "")]),
         "```",
         "",
         "On the shared 2-core development machine, seeds in parallel; per seed the time of every stage and "
@@ -536,7 +612,7 @@ def report(page: dict[str, Any], output: Path) -> str:
         ),
         f"- every model from scratch at {arguments['image_size']} px (train: resize {arguments['train_resize_size']}, "
         f"random crop, flip), on a fixed subset of at most {arguments['max_train_per_domain']} training images per "
-        f"domain (the same for every seed); teachers and students {arguments['teacher_epochs']:g} epochs, "
+        f"domain (the same for every seed); teachers and students {schedule(arguments)}, "
         f"lr {arguments['teacher_learning_rate']:g} cosine, batch {arguments['batch_size']}, AdamW wd "
         f"{arguments['weight_decay']:g}; joint teacher {arguments['joint_epochs']:g} epochs on the cached "
         f"last-stage maps (adaptors {arguments['joint_adaptor_channels']}, output {arguments['joint_out_channels']} "
@@ -575,6 +651,18 @@ def report(page: dict[str, Any], output: Path) -> str:
         "",
         "## Runs",
         "",
+    ]
+    if any(run.get("curve") for runs in curves["rows"].values() for run in runs):
+        lines += [
+            "Each trained model: optimizer steps run, the step of the epoch kept (best val top-1), its training "
+            "seconds and the load average when its seed ended.",
+            "",
+            *sweep.runs_table(curves, rows),
+            "",
+            "Per seed:",
+            "",
+        ]
+    lines += [
         "| seed | stages, single (s) | stages, multi (s) | joint test eval (s) | universality eval (s) | total (s) | load |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -628,6 +716,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rewrote {output} from {output.with_suffix('.json')}")
         return 0
     overrides = dict(item.split("=", 1) for item in args.overrides)
+    if args.cap_epochs:
+        # The budget rule of every results page: train to the validation plateau, keep the best epoch.
+        plateau = {"stop_on_plateau": "true", "plateau_min_epochs": f"{args.min_epochs:g}"}
+        plateau |= {"teacher_epochs": f"{args.cap_epochs:g}", "student_epochs": f"{args.cap_epochs:g}"}
+        overrides = {**plateau, **overrides}
     settings = recipe_settings(args.config, overrides)
     check_baseline_is_fair(settings)
     missing = sorted(set(args.unseen) & set(settings.get("domains", [])))
@@ -657,10 +750,12 @@ def main(argv: list[str] | None = None) -> int:
     page = sweep.run_sweep(
         [row], args.seeds, shared, train_run, output.with_suffix(".json"), jobs=args.jobs, page=page
     )
-    page["rows"]["mlfd"] = [record for record in page["rows"]["mlfd"] if record["seed"] in args.seeds]
+    # A page of the fixed 3-epoch schedule (one ``command``, no keyed runs) is replaced, not extended.
+    previous = page.get("setup", {}) if "commands" in page.get("setup", {}) else {}
+    commands = sweep.record_command(previous, "mlfd_results.py", argv if argv is not None else sys.argv[1:])
     page["setup"] = {
-        "command": command,
-        "seeds": args.seeds,
+        "commands": commands,
+        "seeds": sorted(record["seed"] for record in page["rows"]["mlfd"]),
         "unseen": args.unseen,
         "jobs": min(args.jobs, sweep.MAX_JOBS),
         "threads": args.threads,

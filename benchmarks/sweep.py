@@ -31,6 +31,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from hf_distill.trainers import callbacks
+
 MAX_JOBS = 2
 HOLDS, DOES_NOT_HOLD, NOISE = "holds", "does not hold", "within seed noise"
 CURVE_KEY = "eval_merged/mean/R@1"
@@ -286,15 +288,11 @@ def table(
 
 
 def validation_curve(log_history: list[dict], key: str = CURVE_KEY) -> list[list[float]]:
-    """``[[step, value], ...]`` of the logged validation metric (the step-0 starting point included)."""
-    return [[entry["step"], entry[key]] for entry in log_history if key in entry]
+    """``[[step, value], ...]`` of the logged validation metric (default: merged mean R@1), step 0 included."""
+    return callbacks.validation_curve(log_history, key)
 
 
-def selected_step(best_checkpoint: str | None) -> int | None:
-    """The step of the checkpoint kept by ``load_best_model_at_end`` (``.../checkpoint-800`` → 800)."""
-    if not best_checkpoint:
-        return None
-    return int(str(best_checkpoint).rstrip("/").rsplit("-", 1)[-1])
+selected_step = callbacks.selected_step
 
 
 # --------------------------------------------------------------------------------------------- plots

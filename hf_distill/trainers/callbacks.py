@@ -104,6 +104,24 @@ def starting_point_from_history(log_history: list[dict]) -> dict[str, float]:
     return {}
 
 
+def validation_curve(log_history: list[dict], metric: str = "merged/mean/R@1") -> list[list[float]]:
+    """``[[step, value], ...]`` of a logged validation metric, the step-0 starting point included.
+
+    Args:
+        log_history: ``TrainerState.log_history``.
+        metric: the metric, with or without its ``eval_`` prefix.
+    """
+    key = metric if metric.startswith("eval_") else f"eval_{metric}"
+    return [[entry["step"], entry[key]] for entry in log_history if key in entry]
+
+
+def selected_step(best_checkpoint: str | None) -> int | None:
+    """The step of the checkpoint kept by ``load_best_model_at_end`` (``.../checkpoint-800`` → 800), or None."""
+    if not best_checkpoint:
+        return None
+    return int(str(best_checkpoint).rstrip("/").rsplit("-", 1)[-1])
+
+
 class StartingPointCallback(TrainerCallback):
     """Evaluates the untrained model before the first step and warns at the end if training ended below it.
 

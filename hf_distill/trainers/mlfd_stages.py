@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -63,7 +64,7 @@ from hf_distill.teachers.cache import (
 from hf_distill.teachers.offline import is_offline_name, resolve_offline_weights
 from hf_distill.trainers.arguments import MlfdTrainingArguments
 from hf_distill.trainers.base import last_complete_checkpoint
-from hf_distill.trainers.callbacks import starting_point_from_history
+from hf_distill.trainers.callbacks import selected_step, starting_point_from_history, validation_curve
 from hf_distill.trainers.mlfd import MlfdTrainer
 from hf_distill.trainers.mlfd_evaluation import (
     MlfdClassifierEvaluator,
@@ -124,7 +125,8 @@ class MlfdStageArguments:
         stop_on_plateau / plateau_fraction / plateau_min_gain: run stages 1 and 4 to convergence: evaluate val
             top-1 every epoch, stop once it gained at most ``plateau_min_gain`` over the last ``plateau_fraction``
             of the steps (``*_epochs`` become the caps) and keep the best epoch
-            (:class:`~hf_distill.trainers.callbacks.PlateauStoppingCallback`).
+            (:class:`~hf_distill.trainers.callbacks.PlateauStoppingCallback`); never before
+            ``plateau_min_epochs`` epochs.
         push_to_hub / hub_model_id: publish each student's embedder as ``<hub_model_id>-<domain>``.
     """
 
@@ -146,6 +148,7 @@ class MlfdStageArguments:
     stop_on_plateau: bool = False
     plateau_fraction: float = 0.2
     plateau_min_gain: float = 0.003
+    plateau_min_epochs: float = 0.0
     batch_size: int = 64
     eval_batch_size: int = 256
     teacher_epochs: float = 3.0
@@ -189,6 +192,8 @@ class MlfdStageArguments:
         unknown = sorted(set(self.teacher_paths) - set(self.domains))
         if unknown:
             raise ValueError(f"teacher_paths names unknown domain(s) {unknown}; domains are {self.domains}")
+        if self.plateau_min_epochs < 0:
+            raise ValueError(f"plateau_min_epochs must be >= 0, got {self.plateau_min_epochs}")
         if self.cache_views < 1:
             raise ValueError(f"cache_views must be at least 1, got {self.cache_views}")
         if self.trainable_from is not None and (
@@ -237,6 +242,7 @@ def _training_arguments(
     learning_rate: float,
     batch_size: int,
     evaluated: bool = False,
+    steps_per_epoch: int = 0,
 ) -> MlfdTrainingArguments:
     # Stages with an evaluator (1 and 4) can run to their val plateau; the joint teacher (3) has none.
     plateau = (
@@ -247,6 +253,7 @@ def _training_arguments(
             "metric_for_best_model": MlfdClassifierEvaluator.primary_metric,
             "plateau_fraction": args.plateau_fraction,
             "plateau_min_gain": args.plateau_min_gain,
+            "plateau_min_steps": math.ceil(args.plateau_min_epochs * steps_per_epoch),
         }
         if args.stop_on_plateau and evaluated
         else {}
@@ -354,7 +361,10 @@ def train_classifier(
         epochs / learning_rate: the schedule.
         trainer_kwargs: passed to :class:`MlfdTrainer` (``loss``, ``domain_names``).
     """
-    training_args = _training_arguments(args, folder, epochs, learning_rate, args.batch_size, evaluated=True)
+    steps_per_epoch = math.ceil(len(dataset) / args.batch_size)
+    training_args = _training_arguments(
+        args, folder, epochs, learning_rate, args.batch_size, evaluated=True, steps_per_epoch=steps_per_epoch
+    )
     evaluator = MlfdClassifierEvaluator(benchmark, args.eval_batch_size)
     trainer = MlfdTrainer(
         model=model, args=training_args, train_dataset=dataset, evaluator=evaluator, **trainer_kwargs
@@ -364,6 +374,10 @@ def train_classifier(
     metrics: dict[str, Any] = evaluate_classifier(model, benchmark, args.eval_batch_size)
     metrics["train_seconds"] = round(time.perf_counter() - start, 1)
     metrics["train_loss"] = trainer.state.log_history[-1].get("train_loss")
+    # What a reader needs to see the plateau: val top-1 against steps, the checkpoint kept, the steps run.
+    metrics["curve"] = validation_curve(trainer.state.log_history, MlfdClassifierEvaluator.primary_metric)
+    metrics["selected_step"] = selected_step(trainer.state.best_model_checkpoint)
+    metrics["steps"] = trainer.state.global_step
     starting_point = starting_point_from_history(trainer.state.log_history)
     if starting_point:
         metrics["starting_point"] = starting_point
