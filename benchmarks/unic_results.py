@@ -22,7 +22,6 @@ import functools
 import hashlib
 import importlib.util
 import json
-import shlex
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -70,7 +69,12 @@ PRETRAINED = {  # regime (ii): what its rows set on top of the shared settings
     "image_size": 64,
     "teacher_image_size": 64,
 }
-STUDENT_START = {"student_offline_weights": "efficientnet_lite0", "trainable_from": 5, "cache_views": 4}
+STUDENT_START = {  # CNN teachers need the std floor (ReLU dims constant over a batch: FeatureStandardizer)
+    "student_offline_weights": "efficientnet_lite0",
+    "trainable_from": 5,
+    "cache_views": 4,
+    "standardize_min_std_ratio": 0.1,
+}
 SCRATCH = [
     Row(f"teacher_{t}", f"teacher: {t}", {"kind": "teacher", "teacher": t}, seeded=False)
     for t in SCRATCH_TEACHERS
@@ -534,7 +538,7 @@ def write_page(page: dict, output: Path) -> None:
         "**Budget rule.** "
         + setup.get("budget", "(this page predates the plateau rule: fixed steps, last step)")
     ]
-    lines += ["", "Produced by:", "", "```", setup.get("command", ""), "```", ""]
+    lines += ["", "Produced by:", "", "```", *setup.get("commands", [setup.get("command", "")]), "```", ""]
     for title, rows in (
         ("(i) student from scratch", SCRATCH),
         ("(ii) Lite0 student from ImageNet weights", PRE),
@@ -628,8 +632,8 @@ def main(argv: list[str] | None = None) -> None:
                 )
             }
         )
+        sweep.record_command(page["setup"], "unic_results.py", argv or sys.argv[1:])
         page["setup"].update(
-            command="HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/unic_results.py " + shlex.join(argv or sys.argv[1:]),
             domains=list(load_benchmark(args.benchmark).domains), shared=shared,
             budget=f"every student stops once validation merged R@1 gained ≤ {100 * defaults.plateau_min_gain:.1f} "
             f"points over the last {100 * defaults.plateau_fraction:.0f} % of its steps (evaluated every "

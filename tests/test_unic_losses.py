@@ -151,6 +151,23 @@ def test_standardisation_uses_statistics_from_before_the_update():
     torch.testing.assert_close(standardizer.stds["t/cls"], torch.tensor([1 + m * 1, 10 + m * 10]))
 
 
+def test_std_floor_keeps_a_dimension_constant_over_one_batch_from_exploding():
+    # Dim 0 is 0 on every image of the first batch: population std (0, 1, 2), mean (0, 2, 4).
+    first = torch.tensor([[0.0, 1.0, 2.0], [0.0, 3.0, 6.0]])
+    second = torch.tensor([[1.0, 2.0, 4.0]])
+    plain = FeatureStandardizer(total_steps=4)
+    plain("t/cls", first, step=0)
+    # As released: the next batch's dim 0 is divided by eps alone.
+    assert plain("t/cls", second, step=1)[0, 0] == pytest.approx(1.0 / 1e-6, rel=1e-3)
+    floored = FeatureStandardizer(total_steps=4, min_std_ratio=0.5)
+    floored("t/cls", first, step=0)
+    # Mean std over the dims (0 + 1 + 2) / 3 = 1, floor 0.5: dim 0 divides by 0.5, dims 1 and 2 are untouched.
+    out = floored("t/cls", second, step=1)
+    torch.testing.assert_close(out, torch.tensor([[2.0, 0.0, 0.0]]), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="min_std_ratio"):
+        FeatureStandardizer(total_steps=4, min_std_ratio=-0.1)
+
+
 def test_patch_statistics_pool_batch_and_tokens():
     tokens = torch.tensor([[[0.0], [2.0]], [[4.0], [6.0]]])  # 4 values: mean 3, population std sqrt(5)
     mean, std = batch_statistics(tokens)

@@ -6,6 +6,10 @@ for σ) whose momentum ``m`` follows a cosine schedule from 1.0 down to 0.001 ov
 authors' released code: early steps track the current batch, late steps barely move. Targets of a step are
 standardised with the statistics from *before* that step's update; the statistics start at mean 0 / std 1,
 are computed over every process's batch, and go into checkpoints through ``state_dict``.
+
+A dimension that happens to be constant over one batch (a ReLU feature of a CNN teacher that fired on none
+of its images) gets std 0 at the momentum-1 step and would divide the next targets by ``eps``; ``min_std_ratio``
+floors each dimension's std at that fraction of the key's mean std (0: the released code's plain ``eps``).
 """
 
 from __future__ import annotations
@@ -57,11 +61,21 @@ class FeatureStandardizer:
         momentum_start: momentum at step 0 (released code: 1.0).
         momentum_end: momentum at the last step (released code: 0.001).
         eps: added to the std before dividing.
+        min_std_ratio: floor of each dimension's std, as a fraction of the mean std over the key's dimensions
+            (0: no floor, as released).
     """
 
     def __init__(
-        self, total_steps: int, momentum_start: float = 1.0, momentum_end: float = 0.001, eps: float = 1e-6
+        self,
+        total_steps: int,
+        momentum_start: float = 1.0,
+        momentum_end: float = 0.001,
+        eps: float = 1e-6,
+        min_std_ratio: float = 0.0,
     ) -> None:
+        if min_std_ratio < 0:
+            raise ValueError(f"min_std_ratio must be >= 0, got {min_std_ratio}")
+        self.min_std_ratio = min_std_ratio
         self.total_steps = int(total_steps)
         self.momentum_start = momentum_start
         self.momentum_end = momentum_end
@@ -91,7 +105,8 @@ class FeatureStandardizer:
             raise ValueError(
                 f"standardisation statistics of {key!r} have {mean.shape[0]} dims, features have {dim}"
             )
-        standardized = (features.float() - mean) / (std + self.eps)
+        divisor = std.clamp_min(self.min_std_ratio * std.mean()) if self.min_std_ratio else std
+        standardized = (features.float() - mean) / (divisor + self.eps)
         if update:
             batch_mean, batch_std = batch_statistics(features)
             m = self.momentum(step)

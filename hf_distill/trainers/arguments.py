@@ -168,11 +168,17 @@ class UnicTrainingArguments(DistillationTrainingArguments):
     Args:
         standardize_targets: standardise teacher targets with running statistics.
         momentum_start / momentum_end: cosine schedule of the statistics' momentum.
+        standardize_min_std_ratio: floor of each target dimension's std, as a fraction of the mean std of its
+            teacher's dimensions (0, as released; CNN teachers, whose ReLU features can be constant over a batch,
+            need one: see :class:`~hf_distill.losses.standardization.FeatureStandardizer`).
     """
 
     standardize_targets: bool = field(default=True, metadata={"help": "standardise teacher targets"})
     momentum_start: float = field(default=1.0, metadata={"help": "standardisation momentum at step 0"})
     momentum_end: float = field(default=0.001, metadata={"help": "standardisation momentum at the last step"})
+    standardize_min_std_ratio: float = field(
+        default=0.0, metadata={"help": "floor of a target dim's std, as a fraction of its teacher's mean std"}
+    )
     # Batches carry ``images`` and target columns the model's forward does not name.
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "keep batch columns (needed by UNIC)"}

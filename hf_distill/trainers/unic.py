@@ -129,7 +129,12 @@ class UnicTrainer(DistillationTrainer):
             raise ValueError(
                 f"the loss weighs teachers {self.loss.teacher_names}, the student predicts {self.teacher_names}"
             )
-        self.standardizer = FeatureStandardizer(1, self.args.momentum_start, self.args.momentum_end)
+        self.standardizer = FeatureStandardizer(
+            1,
+            self.args.momentum_start,
+            self.args.momentum_end,
+            min_std_ratio=self.args.standardize_min_std_ratio,
+        )
         self.register_checkpoint_state("feature_standardizer", self.standardizer)
         self._student_norm = PixelNormalize(model.config.image_mean, model.config.image_std).to(
             self.args.device
