@@ -93,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cap-epochs",
         type=float,
         default=30,
-        help="run stages 1 and 4 to their val top-1 plateau with this many epochs as the cap (0: the config's "
+        help="run stages 1, 3 and 4 to their val top-1 plateau with this many epochs as the cap (0: the config's "
         "fixed schedule)",
     )
     parser.add_argument("--min-epochs", type=float, default=4, help="never stop on a plateau before this")
@@ -333,6 +333,13 @@ def schedule(arguments: dict[str, Any]) -> str:
         f"{arguments.get('plateau_min_epochs', 0):g}, cap {arguments['teacher_epochs']:g} epochs; the best val "
         "epoch is kept, so the val top-1 table is the selection metric and test is the unbiased one)"
     )
+
+
+def joint_schedule(arguments: dict[str, Any]) -> str:
+    """Stage 3's budget in words (the same plateau rule, on the mean val top-1 over domains of the cached maps)."""
+    if not arguments.get("stop_on_plateau"):
+        return f"{arguments['joint_epochs']:g} epochs"
+    return f"to the same plateau on its mean val top-1 (cap {arguments['joint_epochs']:g} epochs)"
 
 
 def seed_values(records: list[dict], row: str, domains: list[str], column: str, metric: str) -> list[float]:
@@ -614,7 +621,7 @@ def report(page: dict[str, Any], output: Path) -> str:
         f"random crop, flip), on a fixed subset of at most {arguments['max_train_per_domain']} training images per "
         f"domain (the same for every seed); teachers and students {schedule(arguments)}, "
         f"lr {arguments['teacher_learning_rate']:g} cosine, batch {arguments['batch_size']}, AdamW wd "
-        f"{arguments['weight_decay']:g}; joint teacher {arguments['joint_epochs']:g} epochs on the cached "
+        f"{arguments['weight_decay']:g}; joint teacher {joint_schedule(arguments)} on the cached "
         f"last-stage maps (adaptors {arguments['joint_adaptor_channels']}, output {arguments['joint_out_channels']} "
         f"channels, dropout {arguments['joint_dropout']}); student loss α = {arguments['alpha']}, "
         f"β = {arguments['beta']}, γ = {arguments['gamma']}, T = {arguments['temperature']}.",
@@ -719,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cap_epochs:
         # The budget rule of every results page: train to the validation plateau, keep the best epoch.
         plateau = {"stop_on_plateau": "true", "plateau_min_epochs": f"{args.min_epochs:g}"}
-        plateau |= {"teacher_epochs": f"{args.cap_epochs:g}", "student_epochs": f"{args.cap_epochs:g}"}
+        plateau |= {f"{stage}_epochs": f"{args.cap_epochs:g}" for stage in ("teacher", "joint", "student")}
         overrides = {**plateau, **overrides}
     settings = recipe_settings(args.config, overrides)
     check_baseline_is_fair(settings)

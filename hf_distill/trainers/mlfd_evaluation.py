@@ -119,6 +119,34 @@ class MlfdClassifierEvaluator:
         return evaluate_classifier(model, self.benchmark, self.batch_size)
 
 
+class JointTeacherEvaluator:
+    """The joint teacher's val top-1 on the cached val maps of every domain, behind the trainers' evaluator call.
+
+    ``val/top1`` (its ``primary_metric``) is the unweighted mean over domains, ``<domain>/val/top1`` each
+    domain's: what stage 3 needs to run to its plateau and keep its best epoch.
+
+    Args:
+        splits: ``{domain: CachedViewDataset}`` of the val maps, read ``in_memory`` with labels and domain ids.
+        batch_size: rows per forward pass.
+    """
+
+    primary_metric = "val/top1"
+
+    def __init__(self, splits: dict[str, CachedViewDataset], batch_size: int = 256) -> None:
+        self.splits = splits
+        self.batch_size = batch_size
+
+    def __call__(
+        self, model: JointTeacherModel, output_path: str | None = None, epoch: float = -1, steps: int = -1
+    ) -> dict[str, float]:
+        metrics = {
+            f"{domain}/val/top1": joint_teacher_accuracy(model, split, self.batch_size)
+            for domain, split in self.splits.items()
+        }
+        metrics["val/top1"] = sum(metrics.values()) / len(metrics)
+        return metrics
+
+
 @torch.no_grad()
 def joint_teacher_accuracy(model: JointTeacherModel, dataset: CachedViewDataset, batch_size: int) -> float:
     """Top-1 accuracy of the joint teacher on the cached maps of one split.

@@ -67,10 +67,10 @@ from hf_distill.trainers.base import last_complete_checkpoint
 from hf_distill.trainers.callbacks import selected_step, starting_point_from_history, validation_curve
 from hf_distill.trainers.mlfd import MlfdTrainer
 from hf_distill.trainers.mlfd_evaluation import (
+    JointTeacherEvaluator,
     MlfdClassifierEvaluator,
     evaluate_classifier,
     export_student,
-    joint_teacher_accuracy,
 )
 
 logger = logging.getLogger(__name__)
@@ -122,8 +122,8 @@ class MlfdStageArguments:
         weight_decay: AdamW weight decay of every stage (released: 1e-3).
         logging_steps: Trainer logging interval.
         evaluate_starting_point: measure each untrained teacher and student before its first step.
-        stop_on_plateau / plateau_fraction / plateau_min_gain: run stages 1 and 4 to convergence: evaluate val
-            top-1 every epoch, stop once it gained at most ``plateau_min_gain`` over the last ``plateau_fraction``
+        stop_on_plateau / plateau_fraction / plateau_min_gain: run stages 1, 3 and 4 to convergence: evaluate val
+            top-1 every epoch (the joint teacher's: its mean over domains on the cached val maps), stop once it gained at most ``plateau_min_gain`` over the last ``plateau_fraction``
             of the steps (``*_epochs`` become the caps) and keep the best epoch
             (:class:`~hf_distill.trainers.callbacks.PlateauStoppingCallback`); never before
             ``plateau_min_epochs`` epochs.
@@ -244,7 +244,8 @@ def _training_arguments(
     evaluated: bool = False,
     steps_per_epoch: int = 0,
 ) -> MlfdTrainingArguments:
-    # Stages with an evaluator (1 and 4) can run to their val plateau; the joint teacher (3) has none.
+    # Stages with an evaluator (all: the joint teacher's is its val top-1 on the cached maps) can run to their
+    # val plateau.
     plateau = (
         {
             "stop_on_plateau": True,
@@ -599,18 +600,33 @@ def stage3_joint_teacher(
     train = ConcatDataset(
         [maps(domain, "train", _labels(_train_split(benchmark, domain, args))) for domain in args.domains]
     )
+    val = {domain: maps(domain, "val", _labels(benchmark.domains[domain]["val"])) for domain in args.domains}
+    evaluator = JointTeacherEvaluator(val, args.eval_batch_size)
     training_args = _training_arguments(
-        args, folder, args.joint_epochs, args.joint_learning_rate, args.joint_batch_size
+        args,
+        folder,
+        args.joint_epochs,
+        args.joint_learning_rate,
+        args.joint_batch_size,
+        evaluated=True,
+        steps_per_epoch=math.ceil(len(train) / args.joint_batch_size),
     )
+    # The evaluator measures val top-1 every epoch only under stop_on_plateau (``_training_arguments``).
     trainer = MlfdTrainer(
-        model=model, args=training_args, train_dataset=train, domain_names=list(args.domains)
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        domain_names=list(args.domains),
+        evaluator=evaluator if args.stop_on_plateau else None,
     )
     start = time.perf_counter()
     _train(trainer)
     metrics: dict[str, Any] = {"train_seconds": round(time.perf_counter() - start, 1)}
-    for domain in args.domains:
-        val = maps(domain, "val", _labels(benchmark.domains[domain]["val"]))
-        metrics[f"{domain}/val/top1"] = joint_teacher_accuracy(model, val, args.eval_batch_size)
+    metrics.update({key: value for key, value in evaluator(model).items() if key != "val/top1"})
+    if args.stop_on_plateau:
+        metrics["curve"] = validation_curve(trainer.state.log_history, JointTeacherEvaluator.primary_metric)
+        metrics["selected_step"] = selected_step(trainer.state.best_model_checkpoint)
+        metrics["steps"] = trainer.state.global_step
     _finish(model, folder, metrics)
     logger.info("stage 3: joint teacher %s", metrics)
     return model.eval()
