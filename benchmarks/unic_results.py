@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
-import importlib.util
+import importlib
 import json
 import sys
 from dataclasses import asdict, dataclass, field, fields
@@ -106,6 +106,14 @@ PRE += [
         {**PRETRAINED, **STUDENT_START, "kind": "student", "variant": v},
     )
     for v in VARIANTS
+]
+# The learning-rate check of the pretrained regime (the shipped config's 5e-4 against a lower one, on val).
+PRE += [
+    Row(
+        "pre_all_on_lr1e-4",
+        f"Lite0 student: {LABELS['all_on']}, lr 1e-4",
+        {**PRETRAINED, **STUDENT_START, "kind": "student", "variant": "all_on", "recipe_learning_rate": 1e-4},
+    )
 ]
 ROWS = {row.name: row for row in [*SCRATCH, *PRE]}
 STORED_BY = {
@@ -364,9 +372,10 @@ def settings_of(values: dict) -> Settings:
 
 def recipe_run(name: str, values: dict, seed: int) -> dict:
     """Regime (ii) students: ``recipes/unic.py`` with the row's recipe settings and the plateau rule."""
-    spec = importlib.util.spec_from_file_location("unic_recipe", ROOT / "recipes" / "unic.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # Imported as a module (a dataclass needs its module in ``sys.modules``), as `accepted` imports it.
+    if str(ROOT / "recipes") not in sys.path:
+        sys.path.insert(0, str(ROOT / "recipes"))
+    module = importlib.import_module("unic")
     out = Path(values["work_dir"]) / f"{name}_seed{seed}"
     options = VARIANTS[values["variant"]]
     # The shipped CNN config (batch 128, lr 5e-4 cosine, AdamW 0.9/0.99, wd 0.03, clip 3, trunk cache) with the
@@ -398,6 +407,8 @@ def recipe_run(name: str, values: dict, seed: int) -> dict:
     ]
     argv += [f"--{key}={value}" for key, value in STUDENT_START.items()] + ["--report_to", "none"]
     argv += ["--max_train_per_domain", str(values["max_train_per_domain"])]
+    if "recipe_learning_rate" in values:
+        argv += ["--learning_rate", str(values["recipe_learning_rate"])]
     argv += [f"--{key}={values[key]}" for key in ("plateau_fraction", "plateau_min_gain")]
     if options["ladder_blocks"] is not None:
         argv += ["--ladder_blocks", *map(str, options["ladder_blocks"])]
@@ -593,7 +604,13 @@ def accepted() -> set[str]:
 
     from hf_distill.trainers.unic import UnicTrainingArguments
 
-    own = {item.name for item in fields(Settings)} | {"kind", "teacher", "variant", "work_dir"}
+    own = {item.name for item in fields(Settings)} | {
+        "kind",
+        "teacher",
+        "variant",
+        "work_dir",
+        "recipe_learning_rate",
+    }
     return own | sweep.accepted_names(UnicRecipeArguments, UnicTrainingArguments)
 
 
