@@ -96,7 +96,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run stages 1, 3 and 4 to their val top-1 plateau with this many epochs as the cap (0: the config's "
         "fixed schedule)",
     )
-    parser.add_argument("--min-epochs", type=float, default=4, help="never stop on a plateau before this")
+    parser.add_argument(
+        "--min-epochs",
+        type=float,
+        default=10,
+        help="never stop on a plateau before this (at 4 the rule stopped on the first noisy dip: see the page)",
+    )
     parser.add_argument("--work-dir", default="outputs/mlfd_results", help="one sub-folder per seed")
     parser.add_argument("--output", default="docs/results/mlfd.md")
     parser.add_argument(
@@ -597,13 +602,13 @@ def report(page: dict[str, Any], output: Path) -> str:
         *results.get("commands", [results.get("command", "")]),
         "```",
         "",
-        "On the shared 2-core development machine, seeds in parallel; per seed the time of every stage and "
-        f"evaluation is in the Runs table (their sum, {max(spent['total'] for spent in seconds) / 60:.1f} min for "
-        "the slowest seed, is about the sweep's wall time when the two fusion variants run one after the other, as "
-        f"this script runs them; less where they overlapped). This invocation of the script took {results['wall_seconds'] / 60:.1f} min with "
-        f"{results['jobs']} seed processes at a time, {results['threads']} thread each; load average "
-        f"{results['load_start']:.1f} at its start, {results['load_end']:.1f} at its end (other engineers' jobs "
-        "shared the cores). Figures in percent, mean ± sample std over seeds "
+        "On the shared 2-core development machine; per seed the time of every stage and evaluation is in the "
+        f"Runs table (their sum, {max(spent['total'] for spent in seconds) / 60:.1f} min for the slowest seed, is "
+        "a seed's wall time: the two fusion variants run one after the other). The last invocation of the script "
+        f"took {results['wall_seconds'] / 60:.1f} min with {results['jobs']} seed process(es) at a time, "
+        f"{results['threads']} thread each; load average {results['load_start']:.1f} at its start, "
+        f"{results['load_end']:.1f} at its end (the other CPU slot ran another sweep). Figures in percent, mean ± "
+        "sample std over seeds "
         f"{', '.join(map(str, results['seeds']))}.",
         "",
         "## Setting",
@@ -751,14 +756,29 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
     }
     for seed in args.seeds:
-        (Path(args.work_dir) / f"seed{seed}").mkdir(parents=True, exist_ok=True)
+        folder = Path(args.work_dir) / f"seed{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        # Finished stages in a seed folder are skipped on a relaunch: they must come from these settings.
+        stamp, wanted = (
+            folder / "settings.json",
+            json.dumps({"settings": settings, "flags": flags}, sort_keys=True),
+        )
+        if stamp.exists() and stamp.read_text() != wanted:
+            raise SystemExit(
+                f"{folder} holds stages trained with other settings ({stamp}); pass another --work-dir or remove it"
+            )
+        stamp.write_text(wanted)
     load_start, start = os.getloadavg()[0], time.perf_counter()
     row = Row("mlfd", "the MLFD stages of one seed, both fusion variants")
+    earlier_keys = {record.get("key") for record in page.get("rows", {}).get("mlfd", [])}
     page = sweep.run_sweep(
         [row], args.seeds, shared, train_run, output.with_suffix(".json"), jobs=args.jobs, page=page
     )
-    # A page of the fixed 3-epoch schedule (one ``command``, no keyed runs) is replaced, not extended.
+    # A page of the fixed 3-epoch schedule (one ``command``, no keyed runs) is replaced, not extended; so are
+    # the commands of earlier invocations none of whose runs are still on the page (other settings).
     previous = page.get("setup", {}) if "commands" in page.get("setup", {}) else {}
+    if not earlier_keys & {record["key"] for record in page["rows"]["mlfd"]}:
+        previous = {}
     commands = sweep.record_command(previous, "mlfd_results.py", argv if argv is not None else sys.argv[1:])
     page["setup"] = {
         "commands": commands,
