@@ -135,6 +135,21 @@ def add_record(page: dict, row: str, record: dict) -> None:
     page["rows"][row] = sorted(records, key=lambda item: item.get("seed", 0))
 
 
+def merge_page(page: dict, other: dict) -> dict:
+    """Add to ``page`` the runs of ``other`` (a page filled by another invocation into another store, e.g. two
+    sweeps of one page run side by side) and its commands; a run whose key ``page`` already holds is kept as is.
+    """
+    page.setdefault("rows", {})
+    done = done_keys(page)
+    for row, records in other.get("rows", {}).items():
+        for record in records:
+            if record.get("key") not in done:
+                add_record(page, row, record)
+    commands = page.setdefault("setup", {}).setdefault("commands", [])
+    commands += [c for c in other.get("setup", {}).get("commands", []) if c not in commands]
+    return page
+
+
 def run_sweep(
     rows: Sequence[Row],
     seeds: Sequence[int],

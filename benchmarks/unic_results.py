@@ -623,6 +623,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work-dir", default="outputs/unic_results")
     parser.add_argument("--output", default="docs/results/unic.md")
     parser.add_argument("--report-only", action="store_true", help="rebuild the page from its JSON")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="first add the runs of these stores (invocations run side by side with another --output)",
+    )
     for name in (
         "benchmark",
         "steps",
@@ -637,6 +644,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     output = Path(args.output)
     page = convert(sweep.load_page(output.with_suffix(".json")))
+    for other in args.merge:
+        sweep.merge_page(page, sweep.load_page(Path(other)))
+    if args.merge:
+        sweep.save_page(page, output.with_suffix(".json"))
     if not args.report_only:
         shared = {**asdict(defaults), "work_dir": args.work_dir}
         shared.update(

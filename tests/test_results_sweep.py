@@ -48,6 +48,21 @@ def test_every_invocation_that_filled_a_page_is_kept():
     ]
 
 
+def test_a_page_filled_in_another_store_merges_in_without_replacing_runs():
+    page = {"setup": {"commands": ["c1"]}, "rows": {"a": [{"key": "k0", "seed": 0, "v": 1}]}}
+    other = {
+        "setup": {"commands": ["c1", "c2"]},
+        "rows": {
+            "a": [{"key": "k0", "seed": 0, "v": 9}, {"key": "k2", "seed": 2, "v": 3}],
+            "b": [{"key": "k5"}],
+        },
+    }
+    merged = sweep.merge_page(page, other)
+    assert [(r["key"], r["v"]) for r in merged["rows"]["a"]] == [("k0", 1), ("k2", 3)]
+    assert merged["rows"]["b"] == [{"key": "k5"}]
+    assert merged["setup"]["commands"] == ["c1", "c2"]
+
+
 def test_store_resumes_reruns_changed_rows_and_skips_unsupported(tmp_path):
     path = tmp_path / "page.json"
     rows = [Row("a", "A", {"base": 0.5}), Row("start", "start", {"base": 0.1}, seeded=False)]
