@@ -414,9 +414,17 @@ def recipe_run(name: str, values: dict, seed: int) -> dict:
         argv += ["--ladder_blocks", *map(str, options["ladder_blocks"])]
     metrics = module.main(argv)
     history = json.loads((out / "log_history.json").read_text())
-    curve = sweep.validation_curve(history)
-    best = max(curve, key=lambda point: point[1]) if curve else [None]
-    return {**metrics, "curve": curve, "selected_step": best[0], "steps": history[-1].get("step")}
+    # The checkpoint load_best_model_at_end kept (the step-0 starting point is on the curve, not a checkpoint).
+    states = sorted(
+        out.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1])
+    )
+    best = json.loads(states[-1].read_text()).get("best_model_checkpoint") if states else None
+    return {
+        **metrics,
+        "curve": sweep.validation_curve(history),
+        "selected_step": sweep.selected_step(best),
+        "steps": history[-1].get("step"),
+    }
 
 
 def train_run(name: str, values: dict, seed: int) -> dict:
