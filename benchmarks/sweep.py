@@ -310,6 +310,23 @@ def validation_curve(log_history: list[dict], key: str = CURVE_KEY) -> list[list
 selected_step = callbacks.selected_step
 
 
+def recipe_curve(output_dir: Path) -> dict:
+    """A recipe run's validation curve (step-0 starting point included), the step of the checkpoint that
+    ``load_best_model_at_end`` kept (from the last checkpoint's trainer state: the starting point is on the
+    curve but is no checkpoint, so the curve's best point need not be the model tested) and the steps run."""
+    output_dir = Path(output_dir)
+    history = json.loads((output_dir / "log_history.json").read_text())
+    states = sorted(
+        output_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1])
+    )
+    best = json.loads(states[-1].read_text()).get("best_model_checkpoint") if states else None
+    return {
+        "curve": callbacks.validation_curve(history),
+        "selected_step": selected_step(best),
+        "steps": history[-1].get("step"),
+    }
+
+
 # --------------------------------------------------------------------------------------------- plots
 
 

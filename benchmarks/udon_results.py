@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
-import json
 import shutil
 import statistics
 import sys
@@ -226,10 +225,7 @@ def recipe_run(name: str, settings: dict, seed: int) -> dict:
     ]
     argv += [f"--{key}={value}" for key, value in settings.items() if key not in SHARED]
     metrics = module.main(argv)
-    history = json.loads((out / "log_history.json").read_text())
-    curve = sweep.validation_curve(history)
-    best = max(curve, key=lambda point: point[1]) if curve else [None]
-    return {**metrics, "curve": curve, "selected_step": best[0], "steps": history[-1].get("step")}
+    return {**metrics, **sweep.recipe_curve(out)}
 
 
 def train_run(name: str, settings: dict, seed: int) -> dict:

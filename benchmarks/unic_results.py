@@ -413,18 +413,7 @@ def recipe_run(name: str, values: dict, seed: int) -> dict:
     if options["ladder_blocks"] is not None:
         argv += ["--ladder_blocks", *map(str, options["ladder_blocks"])]
     metrics = module.main(argv)
-    history = json.loads((out / "log_history.json").read_text())
-    # The checkpoint load_best_model_at_end kept (the step-0 starting point is on the curve, not a checkpoint).
-    states = sorted(
-        out.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1])
-    )
-    best = json.loads(states[-1].read_text()).get("best_model_checkpoint") if states else None
-    return {
-        **metrics,
-        "curve": sweep.validation_curve(history),
-        "selected_step": sweep.selected_step(best),
-        "steps": history[-1].get("step"),
-    }
+    return {**metrics, **sweep.recipe_curve(out)}
 
 
 def train_run(name: str, values: dict, seed: int) -> dict:

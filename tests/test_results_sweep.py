@@ -63,6 +63,25 @@ def test_a_page_filled_in_another_store_merges_in_without_replacing_runs():
     assert merged["setup"]["commands"] == ["c1", "c2"]
 
 
+def test_recipe_curve_reports_the_kept_checkpoint_not_the_starting_point(tmp_path):
+    # The step-0 starting point is the curve's best value, but no checkpoint: the kept one is step 600.
+    history = [
+        {"step": 0, "eval_merged/mean/R@1": 0.42, "starting_point": 1},
+        {"step": 200, "eval_merged/mean/R@1": 0.39},
+        {"step": 600, "eval_merged/mean/R@1": 0.41},
+        {"step": 800, "eval_merged/mean/R@1": 0.40},
+        {"step": 800, "train_loss": 1.0},
+    ]
+    (tmp_path / "log_history.json").write_text(json.dumps(history))
+    for step, best in ((200, 200), (1000, 600)):  # checkpoint-1000 sorts before -200 as text
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        state = {"best_model_checkpoint": str(tmp_path / f"checkpoint-{best}")}
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps(state))
+    record = sweep.recipe_curve(tmp_path)
+    assert record["curve"] == [[0, 0.42], [200, 0.39], [600, 0.41], [800, 0.40]]
+    assert record["selected_step"] == 600 and record["steps"] == 800
+
+
 def test_store_resumes_reruns_changed_rows_and_skips_unsupported(tmp_path):
     path = tmp_path / "page.json"
     rows = [Row("a", "A", {"base": 0.5}), Row("start", "start", {"base": 0.1}, seeded=False)]
