@@ -540,6 +540,7 @@ def write_page(page: dict, output: Path) -> None:
     lines = ["# UNIC on the many-class benchmark", "", "## Claims", ""]
     lines += claims(page, SCRATCH, "") + claims(page, PRE, "pre_")
     lines += [f"- row `{name}` skipped: {why}" for name, why in page.get("skipped", {}).items()]
+    lines += [f"- {note}" for note in page.get("notes", [])]
     lines += [
         "",
         "Verdict rule: `benchmarks/sweep.py` (difference of the means against the sum of the seed stds).",
@@ -554,7 +555,8 @@ def write_page(page: dict, output: Path) -> None:
         ("(i) student from scratch", SCRATCH),
         ("(ii) Lite0 student from ImageNet weights", PRE),
     ):
-        labelled = [(r.name, r.label) for r in rows]
+        # The starting point first: every trained row is read against it.
+        labelled = [(r.name, r.label) for r in sorted(rows, key=lambda r: "starting_point" not in r.name)]
         if not any(page["rows"].get(name) for name, _ in labelled):
             continue
         teachers = [r for r in rows if r.settings.get("kind") == "teacher" and "starting" not in r.name]
