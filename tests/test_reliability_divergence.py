@@ -72,12 +72,17 @@ def test_disabled_guard_and_bad_settings():
 
 
 def test_real_udon_run_with_a_huge_learning_rate_is_reported(tmp_path):
-    # (the same run with learning_rate=1e-2 logs no warning; the unit tests above cover quiet runs)
+    # (the same run with learning_rate=1e-2 logs no warning; the unit tests above cover quiet runs). At a constant
+    # learning rate of 1e3 with no clipping the gradient norms explode within a few steps and stay exploded, while
+    # the losses stay finite and jump about: whether one window's mean loss exceeds the one before is a matter of
+    # floating-point detail that varies between CPUs, so the run is long enough (checks from step 20 to 80) that
+    # the loss fails to decrease at some check on any machine.
     args = tiny_args(
         tmp_path,
         learning_rate=1e3,
+        lr_scheduler_type="constant",
         backbone_frozen_epochs=0,
-        max_steps=24,
+        max_steps=80,
         logging_steps=1,
         max_grad_norm=0.0,  # no clipping: the losses stay finite, the gradients blow up
         divergence_window=10,
@@ -86,5 +91,9 @@ def test_real_udon_run_with_a_huge_learning_rate_is_reported(tmp_path):
     trainer.train()
     summary = json.loads((tmp_path / "run_summary.json").read_text())
     warnings = summary["divergence_warnings"]
-    assert warnings and 20 <= warnings[0]["step"] <= 24 and warnings[0]["domain"] in ("a", "b")
-    assert warnings[0]["gradient_norms"] == "exploded"
+    assert warnings, "no divergence warning in 80 steps at learning rate 1e3"
+    assert all(20 <= w["step"] <= 80 and w["domain"] in ("a", "b") for w in warnings)
+    assert {w["gradient_norms"] for w in warnings} == {"exploded"}
+    # at most one warning per window of 10 steps
+    steps = [w["step"] for w in warnings]
+    assert all(later - earlier >= 10 for earlier, later in zip(steps, steps[1:]))
