@@ -412,7 +412,11 @@ def recipe_run(name: str, values: dict, seed: int) -> dict:
     argv += [f"--{key}={values[key]}" for key in ("plateau_fraction", "plateau_min_gain")]
     if options["ladder_blocks"] is not None:
         argv += ["--ladder_blocks", *map(str, options["ladder_blocks"])]
-    metrics = module.main(argv)
+    # The recipe's k-NN probe indexes a random cap of the train split (most cjk val classes then have no index
+    # image), not `knn_benchmark`'s val-class index the teachers and the starting point are probed on: its
+    # figures are not comparable and stay out of the row (its retrieval equals this script's: the untrained
+    # student's val merged R@1 at step 0 equals the starting point's on `evaluation_benchmark`, 0.4206).
+    metrics = {key: value for key, value in module.main(argv).items() if not key.startswith("knn/")}
     return {**metrics, **sweep.recipe_curve(out)}
 
 
@@ -513,21 +517,33 @@ def best_teacher_lines(page: dict, teachers: list[Row], student: str, domains: l
     return lines
 
 
-def claims(page: dict, rows: list[Row], prefix: str) -> list[str]:
+def claims(page: dict, rows: list[Row], prefix: str, domains: list[str]) -> list[str]:
     value = functools.partial(sweep.values, page)
-    start = prefix + "starting_point"
+    start, student = prefix + "starting_point", prefix + "all_on"
+    regime = "pretrained Lite0" if prefix else "scratch"
     lines = [
         sweep.verdict_line(
-            f"UNIC all on beats the starting point ({prefix or 'scratch'})",
-            value(prefix + "all_on", PRIMARY),
-            value(start, PRIMARY),
+            f"({regime}) UNIC all on beats the starting point", value(student, PRIMARY), value(start, PRIMARY)
         )
     ]
+    teachers = [r for r in rows if r.settings.get("kind") == "teacher" and "starting" not in r.name]
+    if value(student, PRIMARY) and all(value(t.name, PRIMARY) for t in teachers):
+        beaten = []
+        for domain in domains:
+            key = f"merged/{domain}/R@1"
+            best = max(value(t.name, key)[0] for t in teachers)
+            if sweep.verdict(value(student, key), [best])[0] != sweep.DOES_NOT_HOLD:
+                beaten.append(domain)
+        word = "holds" if len(beaten) == len(domains) else "does not hold"
+        lines.append(
+            f"- **({regime}) (d) the student matches or beats the best teacher on every domain**: {word} "
+            f"({len(beaten)} of {len(domains)}: {', '.join(beaten) or 'none'}; per domain below)."
+        )
     for variant in list(VARIANTS)[1:]:
         lines.append(
             sweep.verdict_line(
-                f"(d) {LABELS[variant].split(' (')[0]} → all on helps",
-                value(prefix + "all_on", PRIMARY),
+                f"({regime}) (d) {LABELS[variant].split(' (')[0]} → all on helps",
+                value(student, PRIMARY),
                 value(prefix + variant, PRIMARY),
             )
         )
@@ -538,7 +554,7 @@ def write_page(page: dict, output: Path) -> None:
     setup = page["setup"]
     domains = setup["domains"]
     lines = ["# UNIC on the many-class benchmark", "", "## Claims", ""]
-    lines += claims(page, SCRATCH, "") + claims(page, PRE, "pre_")
+    lines += claims(page, SCRATCH, "", domains) + claims(page, PRE, "pre_", domains)
     lines += [f"- row `{name}` skipped: {why}" for name, why in page.get("skipped", {}).items()]
     lines += [f"- {note}" for note in page.get("notes", [])]
     lines += [
