@@ -2,6 +2,7 @@
 cached-view dataset (the view the features were computed on, or a fresh draw) shared by UNIC and MLFD."""
 
 import json
+import shutil
 
 import datasets
 import numpy as np
@@ -117,6 +118,35 @@ def test_interrupted_build_leaves_no_cache(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(FileNotFoundError, match="not a complete feature cache"):
         load_feature_cache(tmp_path / "cache", _spec())
+
+
+def test_a_build_finished_first_by_another_process_is_kept(tmp_path):
+    # Two runs sharing a cache directory both find it missing and build: the one that renames its build into
+    # place second keeps the first one's cache (same spec, same values) and leaves no temporary directory.
+    images = _images(4)
+    first = tmp_path / "first"
+    build_feature_cache(images, _extract, _plain, _spec(), first, batch_size=2)
+    target = tmp_path / "shared"
+
+    def racing(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not target.exists():  # the other process completes while this one is still extracting
+            shutil.copytree(first, target)
+        return _extract(pixels)
+
+    cache = build_feature_cache(images, racing, _plain, _spec(), target, batch_size=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first", "shared"]
+    expected = load_feature_cache(first, _spec())
+    torch.testing.assert_close(cache[:]["vector"], expected[:]["vector"])
+
+    # A half-written directory in the way (no spec file) is not taken for a cache.
+    def blocking(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        (tmp_path / "blocked").mkdir(exist_ok=True)
+        (tmp_path / "blocked" / "partial.arrow").write_text("")
+        return _extract(pixels)
+
+    with pytest.raises(OSError):
+        build_feature_cache(images, blocking, _plain, _spec(), tmp_path / "blocked", batch_size=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocked", "first", "shared"]
 
 
 def test_rejects_bad_input(tmp_path):

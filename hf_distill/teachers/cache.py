@@ -374,7 +374,18 @@ def build_feature_cache(
         }
         # The spec file is what marks a cache as complete, so it is written last, then the directory renamed.
         (tmp_dir / SPEC_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp_dir, cache_dir)
+        try:
+            os.replace(tmp_dir, cache_dir)
+        except OSError:
+            # Another process (a second run sharing the cache directory) finished the same build first: its
+            # complete cache is kept and this one discarded; anything else in the way is an error.
+            if not (cache_dir / SPEC_FILE).is_file():
+                raise
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            logger.info(
+                "%s was completed by another process while this one built it; using that cache", cache_dir
+            )
+            return load_feature_cache(cache_dir, spec)
     except BaseException:
         if writer is not None:
             writer.close()
