@@ -78,13 +78,19 @@ SHORT = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = sweep.page_parser(
+        __doc__,
+        "docs/results/mlfd.md",
+        work_dir="outputs/mlfd_results",
+        helps={
+            "--jobs": "seeds run at the same time (at most 2)",
+            "--work-dir": "one sub-folder per seed",
+            "--report-only": "rewrite --output and its plots from its JSON twin (no run; the recorded command is kept)",
+        },
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", default="recipes/configs/mlfd_offline.yaml")
     parser.add_argument("--benchmark", default="data/manydomain")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=2, help="seeds run at the same time (at most 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per seed process")
     parser.add_argument(
         "--unseen", nargs="+", default=["typefaces", "photos"], help="domains for the universality check"
@@ -101,13 +107,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=10,
         help="never stop on a plateau before this (at 4 the rule stopped on the first noisy dip: see the page)",
-    )
-    parser.add_argument("--work-dir", default="outputs/mlfd_results", help="one sub-folder per seed")
-    parser.add_argument("--output", default="docs/results/mlfd.md")
-    parser.add_argument(
-        "--report-only",
-        action="store_true",
-        help="rewrite --output and its plots from its JSON twin (no run; the recorded command is kept)",
     )
     parser.add_argument(
         "overrides", nargs="*", help="stage-argument overrides as key=value (e.g. max_train_per_domain=500)"
@@ -366,9 +365,7 @@ def beyond_noise(a: list[float], b: list[float]) -> bool:
     return sweep.verdict(a, b)[0] != sweep.NOISE
 
 
-def comparison(a: list[float], b: list[float]) -> str:
-    delta = 100 * (statistics.mean(a) - statistics.mean(b))
-    return f"{delta:+.1f}{'*' if beyond_noise(a, b) else ''}"
+comparison = sweep.comparison
 
 
 def main_table(records: list[dict], domains: list[str], metric: str) -> list[str]:
@@ -590,18 +587,15 @@ def report(page: dict[str, Any], output: Path) -> str:
         "",
         *claims(records, domains),
         "",
-        "Verdict rule: a claim holds when the difference of the means exceeds the sum of the two seed standard "
-        "deviations, does not hold when it is below minus that sum, else it is within seed noise.",
+        sweep.VERDICT_RULE,
         "",
         *[f"- {note}" for note in page.get("notes", [])],
         *summary(records, domains, unseen),
         "",
-        "Produced by (Δ marked * when |Δ| > the sum of the two standard deviations, the issue's noise rule):",
-        "",
-        "```",
-        *results.get("commands", [results.get("command", "")]),
-        "```",
-        "",
+        *sweep.commands_block(
+            results,
+            "Produced by (Δ marked * when |Δ| > the sum of the two standard deviations, the issue's noise rule):",
+        ),
         "On the shared 2-core development machine; per seed the time of every stage and evaluation is in the "
         f"Runs table (their sum, {max(spent['total'] for spent in seconds) / 60:.1f} min for the slowest seed, is "
         "a seed's wall time: the two fusion variants run one after the other). The last invocation of the script "

@@ -15,7 +15,6 @@ reports test (unseen classes). The runner, store, tables, verdicts and plots are
 
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib.util
 import shutil
@@ -32,6 +31,9 @@ from sweep import Row  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 FEATURE_DIM, PRIMARY = 1280, "merged/mean/R@1"
 HOLDOUT = "emoji"
+METRICS = [
+    (p, m, f"{p} test {m} (%)") for p, m in (("merged", "R@1"), ("merged", "mP@5"), ("separate", "R@1"))
+]
 SHARED = {
     "benchmark": "data/manydomain", "image_size": 64, "max_steps": 8000, "eval_steps": 400, "batch_size": 64,
     "learning_rate": 5e-3, "backbone_lr_ratio": 0.1, "frozen_epochs": 0.06, "update_every": 100,
@@ -278,54 +280,27 @@ def convert(page: dict) -> dict:
 
 def claims(page: dict, trained: list[Row], prefix: str = "") -> list[str]:
     """The issue's claims (a)–(c) for one regime, each with its verdict."""
-    value = functools.partial(sweep.values, page)
-    lines = [
-        sweep.verdict_line(
-            f"(a) {r.label} beats the 1280-d starting point",
-            value(r.name, PRIMARY),
-            value("start_full", PRIMARY),
-        )
-        for r in trained
-    ]
-    key = f"separate/{HOLDOUT}/R@1"
-    for name in ("holdout_udon", "holdout_ujcrr"):
-        if not prefix:
-            lines.append(
-                sweep.verdict_line(
-                    f"(a) {ROWS[name].label} beats the starting point on {HOLDOUT}",
-                    value(name, key),
-                    value("holdout_start_full", key),
-                )
-            )
+    claim = functools.partial(sweep.claim_line, page)
+    lines = [claim(f"(a) {r.label} beats the 1280-d starting point", r.name, "start_full") for r in trained]
+    for name in ("holdout_udon", "holdout_ujcrr") if not prefix else ():
+        text = f"(a) {ROWS[name].label} beats the starting point on {HOLDOUT}"
+        lines.append(claim(text, name, "holdout_start_full", f"separate/{HOLDOUT}/R@1"))
     for other in ("uscrr", "ujcrr", "naive"):
-        lines.append(
-            sweep.verdict_line(
-                f"(b) UDON beats {ROWS[other].label}",
-                value(prefix + "udon", PRIMARY),
-                value(prefix + other, PRIMARY),
-            )
-        )
+        lines.append(claim(f"(b) UDON beats {ROWS[other].label}", prefix + "udon", prefix + other))
     runs = page["rows"].get(prefix + "udon", [])
     if runs and runs[0].get("sampling_p"):
         final = {
             d: statistics.mean(run["sampling_p"][d][1][-1] for run in runs) for d in runs[0]["sampling_p"]
         }
         hard = max(final, key=final.get)
+        udon, static = prefix + "udon", prefix + "udon_no_dynamic"
         lines.append(
-            sweep.verdict_line(
-                f"(c) dynamic sampling helps the hardest domain ({hard})",
-                value(prefix + "udon", f"merged/{hard}/R@1"),
-                value(prefix + "udon_no_dynamic", f"merged/{hard}/R@1"),
+            claim(
+                f"(c) dynamic sampling helps the hardest domain ({hard})", udon, static, f"merged/{hard}/R@1"
             )
         )
-        lines.append(
-            sweep.verdict_line(
-                "(c) … without costing the mean",
-                value(prefix + "udon", PRIMARY),
-                value(prefix + "udon_no_dynamic", PRIMARY),
-            )
-        )
-    return [line for line in lines if not line.endswith("not measured.")]
+        lines.append(claim("(c) … without costing the mean", udon, static))
+    return sweep.measured(lines)
 
 
 SETTING = (
@@ -377,74 +352,50 @@ def write_page(page: dict, report: Path) -> None:
     fine = [(r.name, r.label) for r in [*START, *FINE_TUNED]]
     lines = ["# UDON on the many-class benchmark (`data/manydomain`)", "", "## Claims", ""]
     lines += claims(page, FEATURES) + claims(page, FINE_TUNED, "ft_")
-    lines += ["", "Verdict rule: a claim holds when the difference of the means exceeds the sum of the two seed "
-              "standard deviations, does not hold when it is below minus that sum, else it is within seed noise.", ""]  # fmt: skip
-    lines += [f"- {note}" for note in page.get("notes", []) + page.get("findings", [])]
-    lines += [f"- row `{name}` skipped: {why}" for name, why in page.get("skipped", {}).items()]
+    lines += [
+        "",
+        sweep.VERDICT_RULE,
+        "",
+        *sweep.page_notes(page, "notes", "findings"),
+        *sweep.skipped_lines(page),
+    ]
     lines += [
         "",
         SETTING.format(
             **{**SHARED, **{k: setup[k] for k in SHARED if k in setup}, **setup.get("shared", {})}
         ),
     ]
-    lines += ["", "**Budget rule.** " + setup.get("budget", "(this page predates the plateau rule: fixed steps, "
-              "last step evaluated)"), "", "Produced by:", "", "```", *setup.get("commands", [setup.get("command", "")]), "```", ""]  # fmt: skip
+    old = "(this page predates the plateau rule: fixed steps, last step evaluated)"
+    lines += ["", "**Budget rule.** " + setup.get("budget", old), "", *sweep.commands_block(setup)]
     for title, rows in (
         ("(i) heads + adapter on cached Lite0 features", labelled),
         ("(ii) Lite0 top stages fine-tuned", fine),
     ):
-        if not any(page["rows"].get(name) for name, _ in rows[2:]):
-            continue
-        for protocol, metric in (("merged", "R@1"), ("merged", "mP@5"), ("separate", "R@1")):
-            lines += [f"## {title}: {protocol} test {metric} (%)", ""]
-            lines += sweep.table(page, rows, [*domains, "mean"], lambda c, p=protocol, m=metric: f"{p}/{c}/{m}", "method") + [""]  # fmt: skip
+        if any(page["rows"].get(name) for name, _ in rows[2:]):
+            lines += sweep.metric_tables(page, title, rows, [*domains, "mean"], METRICS, "method")
     lines += widths_section(page)
     held = [(r.name, r.label) for r in HELD]
     lines += [f"## Universality: `{HOLDOUT}` held out of training", ""]
     lines += sweep.table(page, held, ["R@1", "mP@5"], lambda m: f"separate/{HOLDOUT}/{m}", "model") + [""]
-    sweep.plot_bars(
-        page,
-        labelled,
-        [*domains, "mean"],
-        lambda c: f"merged/{c}/R@1",
-        report.with_name("udon_per_domain.png"),
-        "merged test R@1 (%)",
-    )
-    lines += ["## Plots", "", "![merged R@1 per domain](udon_per_domain.png)", ""]
-    if sweep.plot_curves(
-        page, labelled + fine[2:] + held, report.with_name("udon_validation.png"), "val merged R@1 (%)"
-    ):
-        lines += ["![validation merged R@1 against steps](udon_validation.png)", ""]
-    lines += ["## Runs", "", *sweep.runs_table(page, [*labelled, *fine[2:], *held]), ""]
+    lines += sweep.plots_and_runs(page, labelled, labelled + fine[2:] + held, domains, report, "udon")
     report.write_text("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=2, help="worker processes (at most 2)")
-    parser.add_argument("--report", default="docs/results/udon.md")
-    parser.add_argument("--report-only", action="store_true", help="rebuild the page from its JSON")
-    for key, value in SHARED.items():
-        parser.add_argument(f"--{key}", type=type(value), default=value)
+    parser = sweep.page_parser(__doc__, "docs/results/udon.md", ROWS, output_flag="--report")
+    sweep.add_setting_flags(parser, SHARED)
     args = parser.parse_args(argv)
     report = Path(args.report)
-    page = convert(sweep.load_page(report.with_suffix(".json")))
+    page = sweep.open_page(report, convert)
     if not args.report_only:
         shared = {key: getattr(args, key) for key in SHARED}
-        sweep.record_command(page["setup"], "udon_results.py", argv if argv is not None else sys.argv[1:])
-        page["setup"].update(
-            domains=list(features(args.benchmark, args.image_size)["data"]), shared=shared,
-            budget=f"every trained row stops once validation merged R@1 gained ≤ {100 * args.plateau_min_gain:.1f} "
-            f"points over the last {100 * args.plateau_fraction:.0f} % of its steps (evaluated every {args.eval_steps} "
-            f"steps, never before step {args.plateau_min_steps}, cap {args.max_steps}); the best validation checkpoint "
-            "is tested.",
+        page = sweep.run_page(
+            page, "udon_results.py", argv if argv is not None else sys.argv[1:],
+            [ROWS[name] for name in args.rows], args.seeds, shared, train_run, report.with_suffix(".json"),
+            accepted(), args.jobs, domains=list(features(args.benchmark, args.image_size)["data"]), shared=shared,
+            budget=sweep.budget_rule("every trained row", args.plateau_min_gain, args.plateau_fraction,
+                                     args.eval_steps, args.max_steps, args.plateau_min_steps),
         )  # fmt: skip
-        rows = [ROWS[name] for name in args.rows]
-        page = sweep.run_sweep(
-            rows, args.seeds, shared, train_run, report.with_suffix(".json"), accepted(), args.jobs, page
-        )
     write_page(page, report)
     print(f"wrote {report}")
 

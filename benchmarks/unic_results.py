@@ -17,7 +17,6 @@ checkpoint and reports test retrieval and the k-NN probe. Runner, store, tables,
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import importlib
@@ -76,65 +75,31 @@ STUDENT_START = {  # CNN teachers need the std floor (ReLU dims constant over a 
     "standardize_min_std_ratio": 0.1,
 }
 SCRATCH = [
-    Row(f"teacher_{t}", f"teacher: {t}", {"kind": "teacher", "teacher": t}, seeded=False)
-    for t in SCRATCH_TEACHERS
-]
-SCRATCH += [
-    Row(
-        "starting_point",
-        "starting point (untrained student)",
-        {"kind": "student", "variant": "starting_point"},
-    )
-]
-SCRATCH += [Row(v, LABELS[v], {"kind": "student", "variant": v}) for v in VARIANTS]
+    *(Row(f"teacher_{t}", f"teacher: {t}", {"kind": "teacher", "teacher": t}, seeded=False) for t in SCRATCH_TEACHERS),
+    Row("starting_point", "starting point (untrained student)", {"kind": "student", "variant": "starting_point"}),
+    *(Row(v, LABELS[v], {"kind": "student", "variant": v}) for v in VARIANTS),
+]  # fmt: skip
 PRE = [
-    Row(f"pre_teacher_{t}", f"teacher: {t}", {**PRETRAINED, "kind": "teacher", "teacher": t}, seeded=False)
-    for t in PRETRAINED["teachers"]
-]
-PRE += [
-    Row(
-        "pre_starting_point",
-        "starting point: Lite0 ImageNet features",
-        {**PRETRAINED, "kind": "teacher", "teacher": "efficientnet_lite0"},
-        seeded=False,
-    )
-]
-PRE += [
-    Row(
-        f"pre_{v}",
-        f"Lite0 student: {LABELS[v]}",
-        {**PRETRAINED, **STUDENT_START, "kind": "student", "variant": v},
-    )
-    for v in VARIANTS
-]
-# The learning-rate check of the pretrained regime (the shipped config's 5e-4 against a lower one, on val).
-PRE += [
-    Row(
-        "pre_all_on_lr1e-4",
-        f"Lite0 student: {LABELS['all_on']}, lr 1e-4",
-        {**PRETRAINED, **STUDENT_START, "kind": "student", "variant": "all_on", "recipe_learning_rate": 1e-4},
-    )
-]
+    *(Row(f"pre_teacher_{t}", f"teacher: {t}", {**PRETRAINED, "kind": "teacher", "teacher": t}, seeded=False)
+      for t in PRETRAINED["teachers"]),
+    Row("pre_starting_point", "starting point: Lite0 ImageNet features",
+        {**PRETRAINED, "kind": "teacher", "teacher": "efficientnet_lite0"}, seeded=False),
+    *(Row(f"pre_{v}", f"Lite0 student: {LABELS[v]}", {**PRETRAINED, **STUDENT_START, "kind": "student", "variant": v})
+      for v in VARIANTS),
+    # The learning-rate check of the pretrained regime (the shipped config's 5e-4 against a lower one, on val).
+    Row("pre_all_on_lr1e-4", f"Lite0 student: {LABELS['all_on']}, lr 1e-4",
+        {**PRETRAINED, **STUDENT_START, "kind": "student", "variant": "all_on", "recipe_learning_rate": 1e-4}),
+]  # fmt: skip
 ROWS = {row.name: row for row in [*SCRATCH, *PRE]}
-STORED_BY = {
-    "evaluation": (
-        "benchmark",
-        "teachers",
-        "teacher_image_size",
-        "student_backbone",
-        "student_kwargs",
-        "image_size",
-        "knn_index_per_domain",
+STORED_BY = {  # the settings each stored part depends on (see `Settings.directory`)
+    "evaluation": tuple(
+        "benchmark teachers teacher_image_size student_backbone student_kwargs image_size knn_index_per_domain".split()
     ),
-    "cache": (
-        "benchmark",
-        "teachers",
-        "teacher_image_size",
-        "image_size",
-        "max_train_per_domain",
-        "train_scale_min",
+    "cache": tuple(
+        "benchmark teachers teacher_image_size image_size max_train_per_domain train_scale_min".split()
     ),
 }
+FLAGS = ("benchmark", "steps", "eval_steps", "batch_size", "max_train_per_domain", "knn_index_per_domain")
 
 
 @dataclass
@@ -366,8 +331,7 @@ class ValidationEvaluator:
 
 
 def settings_of(values: dict) -> Settings:
-    names = {item.name for item in fields(Settings)}
-    return Settings(**{key: value for key, value in values.items() if key in names})
+    return sweep.dataclass_of(Settings, values)
 
 
 def recipe_run(name: str, values: dict, seed: int) -> dict:
@@ -521,11 +485,7 @@ def claims(page: dict, rows: list[Row], prefix: str, domains: list[str]) -> list
     value = functools.partial(sweep.values, page)
     start, student = prefix + "starting_point", prefix + "all_on"
     regime = "pretrained Lite0" if prefix else "scratch"
-    lines = [
-        sweep.verdict_line(
-            f"({regime}) UNIC all on beats the starting point", value(student, PRIMARY), value(start, PRIMARY)
-        )
-    ]
+    lines = [sweep.claim_line(page, f"({regime}) UNIC all on beats the starting point", student, start)]
     teachers = [r for r in rows if r.settings.get("kind") == "teacher" and "starting" not in r.name]
     if value(student, PRIMARY) and all(value(t.name, PRIMARY) for t in teachers):
         beaten = []
@@ -540,14 +500,9 @@ def claims(page: dict, rows: list[Row], prefix: str, domains: list[str]) -> list
             f"({len(beaten)} of {len(domains)}: {', '.join(beaten) or 'none'}; per domain below)."
         )
     for variant in list(VARIANTS)[1:]:
-        lines.append(
-            sweep.verdict_line(
-                f"({regime}) (d) {LABELS[variant].split(' (')[0]} → all on helps",
-                value(student, PRIMARY),
-                value(prefix + variant, PRIMARY),
-            )
-        )
-    return [line for line in lines if not line.endswith("not measured.")]
+        text = f"({regime}) (d) {LABELS[variant].split(' (')[0]} → all on helps"
+        lines.append(sweep.claim_line(page, text, student, prefix + variant))
+    return sweep.measured(lines)
 
 
 def write_page(page: dict, output: Path) -> None:
@@ -555,18 +510,13 @@ def write_page(page: dict, output: Path) -> None:
     domains = setup["domains"]
     lines = ["# UNIC on the many-class benchmark", "", "## Claims", ""]
     lines += claims(page, SCRATCH, "", domains) + claims(page, PRE, "pre_", domains)
-    lines += [f"- row `{name}` skipped: {why}" for name, why in page.get("skipped", {}).items()]
-    lines += [f"- {note}" for note in page.get("notes", [])]
+    lines += [*sweep.skipped_lines(page), *sweep.page_notes(page, "notes"), ""]
     lines += [
-        "",
         "Verdict rule: `benchmarks/sweep.py` (difference of the means against the sum of the seed stds).",
         "",
     ]
-    lines += [
-        "**Budget rule.** "
-        + setup.get("budget", "(this page predates the plateau rule: fixed steps, last step)")
-    ]
-    lines += ["", "Produced by:", "", "```", *setup.get("commands", [setup.get("command", "")]), "```", ""]
+    old = "(this page predates the plateau rule: fixed steps, last step)"
+    lines += ["**Budget rule.** " + setup.get("budget", old), "", *sweep.commands_block(setup)]
     for title, rows in (
         ("(i) student from scratch", SCRATCH),
         ("(ii) Lite0 student from ImageNet weights", PRE),
@@ -578,22 +528,9 @@ def write_page(page: dict, output: Path) -> None:
         teachers = [r for r in rows if r.settings.get("kind") == "teacher" and "starting" not in r.name]
         lines += [f"## {title}: (d) student − best teacher, merged R@1", ""]
         lines += best_teacher_lines(page, teachers, f"{'pre_' if rows is PRE else ''}all_on", domains) + [""]
-        for protocol, metric, name in METRICS:
-            lines += [f"## {title}: {name}", ""]
-            lines += sweep.table(page, labelled, [*domains, "mean"], lambda c, p=protocol, m=metric: f"{p}/{c}/{m}", "model") + [""]  # fmt: skip
+        lines += sweep.metric_tables(page, title, labelled, [*domains, "mean"], METRICS, "model")
     everything = [(r.name, r.label) for r in [*SCRATCH, *PRE]]
-    sweep.plot_bars(
-        page,
-        everything,
-        [*domains, "mean"],
-        lambda c: f"merged/{c}/R@1",
-        output.with_name("unic_per_domain.png"),
-        "merged test R@1 (%)",
-    )
-    lines += ["## Plots", "", "![merged R@1 per domain](unic_per_domain.png)", ""]
-    if sweep.plot_curves(page, everything, output.with_name("unic_validation.png"), "val merged R@1 (%)"):
-        lines += ["![validation merged R@1 against steps](unic_validation.png)", ""]
-    lines += ["## Runs", "", *sweep.runs_table(page, everything), ""]
+    lines += sweep.plots_and_runs(page, everything, everything, domains, output, "unic")
     output.write_text("\n".join(lines))
 
 
@@ -630,66 +567,29 @@ def accepted() -> set[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     defaults = Settings()
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=2, help="worker processes (at most 2)")
-    parser.add_argument("--work-dir", default="outputs/unic_results")
-    parser.add_argument("--output", default="docs/results/unic.md")
-    parser.add_argument("--report-only", action="store_true", help="rebuild the page from its JSON")
-    parser.add_argument(
-        "--merge",
-        nargs="+",
-        default=[],
-        metavar="JSON",
-        help="first add the runs of these stores (invocations run side by side with another --output)",
+    parser = sweep.page_parser(
+        __doc__, "docs/results/unic.md", ROWS, work_dir="outputs/unic_results", merge=True
     )
-    for name in (
-        "benchmark",
-        "steps",
-        "eval_steps",
-        "batch_size",
-        "max_train_per_domain",
-        "knn_index_per_domain",
-    ):
-        parser.add_argument(
-            f"--{name.replace('_', '-')}", type=type(getattr(defaults, name)), default=getattr(defaults, name)
-        )
+    sweep.add_setting_flags(parser, {name: getattr(defaults, name) for name in FLAGS}, dashed=True)
     args = parser.parse_args(argv)
     output = Path(args.output)
-    page = convert(sweep.load_page(output.with_suffix(".json")))
-    for other in args.merge:
-        sweep.merge_page(page, sweep.load_page(Path(other)))
-    if args.merge:
-        sweep.save_page(page, output.with_suffix(".json"))
+    page = sweep.open_page(output, convert, args.merge)
     if not args.report_only:
-        shared = {**asdict(defaults), "work_dir": args.work_dir}
-        shared.update(
-            {
-                name: getattr(args, name)
-                for name in (
-                    "benchmark",
-                    "steps",
-                    "eval_steps",
-                    "batch_size",
-                    "max_train_per_domain",
-                    "knn_index_per_domain",
-                )
-            }
-        )
-        sweep.record_command(page["setup"], "unic_results.py", argv or sys.argv[1:])
-        page["setup"].update(
-            domains=list(load_benchmark(args.benchmark).domains), shared=shared,
-            budget=f"every student stops once validation merged R@1 gained ≤ {100 * defaults.plateau_min_gain:.1f} "
-            f"points over the last {100 * defaults.plateau_fraction:.0f} % of its steps (evaluated every "
-            f"{args.eval_steps} steps, cap {args.steps}); the best validation checkpoint is tested.",
-        )  # fmt: skip
+        shared = {
+            **asdict(defaults),
+            "work_dir": args.work_dir,
+            **{name: getattr(args, name) for name in FLAGS},
+        }
         rows = [ROWS[name] for name in args.rows]
+        budget = sweep.budget_rule("every student", defaults.plateau_min_gain, defaults.plateau_fraction,
+                                   args.eval_steps, args.steps)  # fmt: skip
         prepare(rows, shared)
-        page = sweep.run_sweep(
-            rows, args.seeds, shared, train_run, output.with_suffix(".json"), accepted(), args.jobs, page
-        )
+        page = sweep.run_page(
+            page, "unic_results.py", argv or sys.argv[1:], rows, args.seeds, shared, train_run,
+            output.with_suffix(".json"), accepted(), args.jobs,
+            domains=list(load_benchmark(args.benchmark).domains), shared=shared, budget=budget,
+        )  # fmt: skip
     write_page(page, output)
     print(f"wrote {output}")
 
