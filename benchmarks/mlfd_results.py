@@ -36,8 +36,6 @@ and prints the command and the load average (this runs on a shared machine).
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing
 import os
 import shlex
 import statistics
@@ -46,10 +44,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import mlfd_runs  # noqa: E402
 import sweep  # noqa: E402
+from mlfd_runs import UNSEEN_ROWS  # noqa: E402
 from sweep import Row  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +66,6 @@ METRICS = (
     ("test/R@1", "test R@1 (unseen classes, separate protocol)"),
     ("test/mP@5", "test mP@5 (unseen classes, separate protocol)"),
 )
-UNSEEN_ROWS = ("starting_point", "teacher", "student_single", "student_multi")
 SHORT = {
     "starting_point": "starting point",
     "teacher": "no-distillation students",
@@ -112,184 +109,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "overrides", nargs="*", help="stage-argument overrides as key=value (e.g. max_train_per_domain=500)"
     )
     return parser.parse_args(argv)
-
-
-def recipe_settings(config: str, overrides: dict[str, str]) -> dict[str, Any]:
-    """The config's keys with the command-line overrides applied (as the stages will read them)."""
-    settings = yaml.safe_load(Path(config).read_text()) or {}
-    settings.update({key: yaml.safe_load(value) for key, value in overrides.items()})
-    return settings
-
-
-def check_baseline_is_fair(settings: dict[str, Any]) -> None:
-    """Refuse a config where the stage-1 teacher would not be the no-distillation student (same schedule)."""
-    for teacher_key, student_key in (
-        ("teacher_epochs", "student_epochs"),
-        ("teacher_learning_rate", "student_learning_rate"),
-    ):
-        if teacher_key in settings or student_key in settings:
-            if settings.get(teacher_key) != settings.get(student_key):
-                raise SystemExit(
-                    f"{teacher_key}={settings.get(teacher_key)} differs from {student_key}="
-                    f"{settings.get(student_key)}: the individual teachers would not be the no-distillation "
-                    "students; set them equal"
-                )
-
-
-# ------------------------------------------------------------------------------------------- one seed
-
-
-def _stage_arguments(config: str, flags: list[str], benchmark: str, seed: int, output: Path, levels: int):
-    from hf_distill.recipe import parse_recipe_args
-    from hf_distill.trainers.mlfd_stages import MlfdStageArguments
-
-    argv = ["--config", config, *flags, "--benchmark", benchmark, "--seed", str(seed)]
-    argv += ["--output_dir", str(output)]
-    if levels:
-        argv += ["--joint_fusion_levels", str(levels)]
-    (args,) = parse_recipe_args([MlfdStageArguments], argv)
-    return args
-
-
-def _joint_teacher_retrieval(args: Any, benchmark: Any, variant_dir: Path) -> dict[str, float]:
-    """Test retrieval of a joint teacher: the frozen teachers' maps of each test image, fused and pooled."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-    from transformers import AutoModel
-
-    from hf_distill.data import ImageTransform
-    from hf_distill.evaluation import RetrievalEvaluator
-    from hf_distill.teachers.cache import map_column
-    from hf_distill.trainers.mlfd_stages import stage1_teachers, teacher_extractor
-
-    teachers = stage1_teachers(args, benchmark)
-    joint = AutoModel.from_pretrained(variant_dir / "joint_teacher").eval()
-    extract = teacher_extractor(teachers)
-
-    class JointTeacherEmbedder(nn.Module):
-        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-            maps = extract(pixel_values)
-            fused = joint.fuse({name: maps[map_column(name)] for name in joint.config.teacher_names})
-            return F.normalize(fused[-1].mean(dim=(2, 3)), dim=-1)
-
-    # The teachers' input is the un-augmented view their maps were cached from: [0, 1] pixels, each teacher
-    # normalising them its own way.
-    transform = ImageTransform(args.image_size, (0, 0, 0), (1, 1, 1), resize_size=args.image_size)
-    evaluator = RetrievalEvaluator(
-        benchmark,
-        split="test",
-        protocols=("separate",),
-        transform=transform,
-        batch_size=args.eval_batch_size,
-        domains=list(args.domains),
-    )
-    with torch.no_grad():
-        metrics = evaluator(JointTeacherEmbedder())
-    return {
-        f"{domain}/test/{key.split('/')[-1]}": value
-        for domain in args.domains
-        for key, value in metrics.items()
-        if key.startswith(f"separate/{domain}/")
-    }
-
-
-def _unseen_retrieval(args: Any, benchmark: Any, base: Path, unseen: list[str]) -> dict[str, dict]:
-    """Per row and trained domain: retrieval of that domain's exported embedder on the unseen domains."""
-    import torch
-    from transformers import AutoModel
-
-    from hf_distill.evaluation import RetrievalEvaluator
-    from hf_distill.models.mlfd import MlfdClassifierModel
-    from hf_distill.trainers.mlfd_evaluation import eval_transform
-    from hf_distill.trainers.mlfd_stages import classifier_config
-
-    results: dict[str, dict] = {row: {} for row in UNSEEN_ROWS}
-    for index, domain in enumerate(args.domains):
-        # The untrained model exactly as stage 1 builds it (same seed, same config).
-        torch.manual_seed(args.seed)
-        untrained = MlfdClassifierModel(classifier_config(args, index, benchmark.num_classes[domain]))
-        models = {
-            "starting_point": untrained,
-            "teacher": AutoModel.from_pretrained(base / "single" / "teachers" / domain),
-            "student_single": AutoModel.from_pretrained(base / "single" / "students" / domain),
-            "student_multi": AutoModel.from_pretrained(base / "multi" / "students" / domain),
-        }
-        for row, model in models.items():
-            evaluator = RetrievalEvaluator(
-                benchmark,
-                split="test",
-                protocols=("separate",),
-                transform=eval_transform(model.config),
-                batch_size=args.eval_batch_size,
-                domains=unseen,
-            )
-            with torch.no_grad():
-                metrics = evaluator(model.export_embedder())
-            results[row][domain] = {key.split("/", 1)[1]: value for key, value in metrics.items()}
-    return results
-
-
-def run_seed(
-    config: str,
-    flags: list[str],
-    benchmark_path: str,
-    seed: int,
-    work_dir: str,
-    threads: int,
-    unseen: list[str],
-) -> dict[str, Any]:
-    """Both MLFD variants of one seed, the joint teachers' test retrieval and the universality check."""
-    import datasets
-    import torch
-
-    from hf_distill.data import load_domains
-    from hf_distill.recipe import setup_logging
-    from hf_distill.trainers.mlfd_stages import run_mlfd_stages
-
-    torch.set_num_threads(threads)
-    base = Path(work_dir) / f"seed{seed}"
-    log = (base / "run.log").open("a")
-    if multiprocessing.parent_process() is not None:  # a worker: its output goes to the seed's log
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-    setup_logging()
-    datasets.disable_progress_bars()
-    start = time.perf_counter()
-    single = _stage_arguments(config, flags, benchmark_path, seed, base / "single", 0)
-    multi = _stage_arguments(config, flags, benchmark_path, seed, base / "multi", 1)
-    benchmark = load_domains(benchmark_path, [*single.domains, *unseen])
-    record: dict[str, Any] = {"seed": seed, "stages": {}, "joint_test": {}, "seconds": {}}
-    for name, args in (("single", single), ("multi", multi)):
-        folder = Path(args.output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        if name == "multi":
-            # Same teachers and caches as the single-level run: only stages 3 and 4 differ.
-            for shared in ("teachers", "cache"):
-                if not (folder / shared).exists():
-                    (folder / shared).symlink_to(Path("..") / "single" / shared)
-        previous = folder / "results.json"
-        # Stages found complete are skipped (and results.json rewritten): keep the time of the run that made them.
-        earlier = json.loads(previous.read_text())["seconds"] if previous.exists() else None
-        record["stages"][name] = run_mlfd_stages(args, benchmark)
-        record["seconds"][f"stages_{name}"] = earlier or record["stages"][name]["seconds"]
-        eval_start = time.perf_counter()
-        record["joint_test"][name] = _joint_teacher_retrieval(args, benchmark, folder)
-        record["seconds"][f"joint_test_{name}"] = round(time.perf_counter() - eval_start, 1)
-    eval_start = time.perf_counter()
-    record["unseen"] = _unseen_retrieval(single, benchmark, base, unseen)
-    record["seconds"]["unseen"] = round(time.perf_counter() - eval_start, 1)
-    record["seconds"]["this_invocation"] = round(time.perf_counter() - start, 1)
-    spent = record["seconds"]
-    record["seconds"]["total"] = round(
-        sum(
-            spent[key]
-            for key in ("stages_single", "stages_multi", "joint_test_single", "joint_test_multi", "unseen")
-        ),
-        1,
-    )
-    record["load"] = os.getloadavg()[0]
-    return record
 
 
 # ---------------------------------------------------------------------------------------------- table
@@ -701,8 +520,9 @@ def convert(page: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_run(name: str, settings: dict[str, Any], seed: int) -> dict[str, Any]:
-    """The sweep's training function: every stage of one seed (both fusion variants), see :func:`run_seed`."""
-    return run_seed(
+    """The sweep's training function: every stage of one seed (both fusion variants), see
+    :func:`mlfd_runs.run_seed`."""
+    return mlfd_runs.run_seed(
         settings["config"],
         settings["flags"],
         settings["benchmark"],
@@ -721,25 +541,12 @@ def main(argv: list[str] | None = None) -> int:
         output.write_text(report(page, output))
         print(f"rewrote {output} from {output.with_suffix('.json')}")
         return 0
-    overrides = dict(item.split("=", 1) for item in args.overrides)
-    if args.cap_epochs:
-        # The budget rule of every results page: train to the validation plateau, keep the best epoch.
-        plateau = {"stop_on_plateau": "true", "plateau_min_epochs": f"{args.min_epochs:g}"}
-        plateau |= {f"{stage}_epochs": f"{args.cap_epochs:g}" for stage in ("teacher", "joint", "student")}
-        overrides = {**plateau, **overrides}
-    settings = recipe_settings(args.config, overrides)
-    check_baseline_is_fair(settings)
-    missing = sorted(set(args.unseen) & set(settings.get("domains", [])))
-    if missing:
-        raise SystemExit(
-            f"--unseen {missing} are MLFD training domains; name domains outside {settings['domains']}"
-        )
+    settings, flags = mlfd_runs.stage_settings(args)
     command = "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/mlfd_results.py " + shlex.join(
         argv if argv is not None else sys.argv[1:]
     )
     print(command, flush=True)
     os.environ.update(OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
-    flags = [part for key, value in overrides.items() for part in (f"--{key}", *value.split())]
     shared = {
         "settings": settings,
         "benchmark": args.benchmark,
@@ -749,19 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         "work_dir": args.work_dir,
         "threads": args.threads,
     }
-    for seed in args.seeds:
-        folder = Path(args.work_dir) / f"seed{seed}"
-        folder.mkdir(parents=True, exist_ok=True)
-        # Finished stages in a seed folder are skipped on a relaunch: they must come from these settings.
-        stamp, wanted = (
-            folder / "settings.json",
-            json.dumps({"settings": settings, "flags": flags}, sort_keys=True),
-        )
-        if stamp.exists() and stamp.read_text() != wanted:
-            raise SystemExit(
-                f"{folder} holds stages trained with other settings ({stamp}); pass another --work-dir or remove it"
-            )
-        stamp.write_text(wanted)
+    mlfd_runs.stamp_seed_folders(args.work_dir, args.seeds, settings, flags)
     load_start, start = os.getloadavg()[0], time.perf_counter()
     row = Row("mlfd", "the MLFD stages of one seed, both fusion variants")
     earlier_keys = {record.get("key") for record in page.get("rows", {}).get("mlfd", [])}
