@@ -4,13 +4,8 @@
         [--benchmark data/manydomain] [--seeds 0 1 2] [--jobs 3] [--threads 1] [--unseen typefaces photos]
         [--work-dir outputs/mlfd_results] [--output docs/results/mlfd.md] [key=value ...]
 
-Every seed runs, in its own process (``--jobs`` at a time), the library's MLFD stages
-(:func:`hf_distill.trainers.mlfd_stages.run_mlfd_stages`, what ``recipes/mlfd.py`` runs) twice:
-
-- ``seed<N>/single``: the recipe config as given (single-level fusion, ``joint_fusion_levels: 0``);
-- ``seed<N>/multi``: the same with ``joint_fusion_levels=1`` (multi-level fusion: two fused maps, the student
-  distils its last two levels). Its ``teachers/`` and ``cache/`` are links to the single-level run's, so the
-  individual teachers and their cached maps are trained and computed once per seed and feed both variants.
+Every seed runs, in its own process (``--jobs`` at a time), the library's MLFD stages twice, single- and
+multi-level fusion, the individual teachers and their cached maps shared by both (``benchmarks/mlfd_runs.py``).
 
 Rows, all with the same architectures, input size, schedule and evaluation:
 
@@ -48,23 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mlfd_page  # noqa: E402
 import mlfd_runs  # noqa: E402
 import sweep  # noqa: E402
-from mlfd_page import (  # noqa: E402
-    LABELS,
-    METRICS,
-    SHORT,
-    beyond_noise,
-    cell,
-    comparison,
-    delta_table,
-    main_table,
-    plots,
-    seed_values,
-    unseen_table,
-)
+from mlfd_page import LABELS, SHORT, beyond_noise, cell, comparison, seed_values  # noqa: E402
 from sweep import Row  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("single", "multi")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -106,23 +86,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def claims(records: list[dict], domains: list[str]) -> list[str]:
     """Claim (e) of the results issue, on mean test R@1 (unseen classes) and mean val top-1, per fusion variant."""
+
+    def claim(text: str, row: str, reference: str, metric: str) -> str:
+        means = (seed_values(records, name, domains, "mean", metric) for name in (row, reference))
+        return sweep.verdict_line(text, *means)
+
     lines = []
     for student in ("student_single", "student_multi"):
         for metric, name in (("test/R@1", "mean test R@1"), ("val/top1", "mean val top-1")):
-            lines.append(
-                sweep.verdict_line(
-                    f"(e) {LABELS[student]} beats the dataset-specific students, {name}",
-                    seed_values(records, student, domains, "mean", metric),
-                    seed_values(records, "teacher", domains, "mean", metric),
-                )
-            )
-        lines.append(
-            sweep.verdict_line(
-                f"{LABELS[student]} beats its untrained starting point, mean test R@1",
-                seed_values(records, student, domains, "mean", "test/R@1"),
-                seed_values(records, "starting_point", domains, "mean", "test/R@1"),
-            )
-        )
+            text = f"(e) {LABELS[student]} beats the dataset-specific students, {name}"
+            lines.append(claim(text, student, "teacher", metric))
+        text = f"{LABELS[student]} beats its untrained starting point, mean test R@1"
+        lines.append(claim(text, student, "starting_point", "test/R@1"))
     return lines
 
 
@@ -195,7 +170,7 @@ def report(page: dict[str, Any], output: Path) -> str:
     records = page["rows"]["mlfd"]
     arguments = records[0]["stages"]["single"]["arguments"]
     domains, unseen = arguments["domains"], results["unseen"]
-    plot_paths = plots(records, domains, unseen, output)
+    plot_paths = mlfd_page.plots(records, domains, unseen, output)
     curves, rows, paths = mlfd_page.validation_plots(records, domains, output)
     plot_paths += paths
     seconds = [record["seconds"] for record in records]
@@ -226,21 +201,21 @@ def report(page: dict[str, Any], output: Path) -> str:
         "",
         *mlfd_page.setting_lines(arguments),
     ]
-    for metric, title in METRICS:
-        lines += [f"## {title}", "", *main_table(records, domains, metric), ""]
+    for metric, title in mlfd_page.METRICS:
+        lines += [f"## {title}", "", *mlfd_page.main_table(records, domains, metric), ""]
     lines += [
         "## Differences",
         "",
         "MLFD student minus reference, points (* = beyond seed noise).",
         "",
-        *delta_table(records, domains),
+        *mlfd_page.delta_table(records, domains),
         "",
         "## Universality check",
         "",
         f"Test R@1 (separate protocol) on domains no MLFD stage trained on ({', '.join(unseen)}), of each "
         "exported embedder and of its untrained starting point.",
         "",
-        *unseen_table(records, domains, unseen),
+        *mlfd_page.unseen_table(records, domains, unseen),
         "",
         "## Plots",
         "",
@@ -268,21 +243,14 @@ def convert(page: dict[str, Any]) -> dict[str, Any]:
 def train_run(name: str, settings: dict[str, Any], seed: int) -> dict[str, Any]:
     """The sweep's training function: every stage of one seed (both fusion variants), see
     :func:`mlfd_runs.run_seed`."""
-    return mlfd_runs.run_seed(
-        settings["config"],
-        settings["flags"],
-        settings["benchmark"],
-        seed,
-        settings["work_dir"],
-        settings["threads"],
-        settings["unseen"],
-    )
+    config, flags, benchmark = settings["config"], settings["flags"], settings["benchmark"]
+    return mlfd_runs.run_seed(config, flags, benchmark, seed, settings["work_dir"], settings["threads"], settings["unseen"])  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     output = Path(args.output)
-    page = convert(sweep.load_page(output.with_suffix(".json")))
+    page = sweep.open_page(output, convert)
     if args.report_only:
         output.write_text(report(page, output))
         print(f"rewrote {output} from {output.with_suffix('.json')}")
@@ -293,15 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(command, flush=True)
     os.environ.update(OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
-    shared = {
-        "settings": settings,
-        "benchmark": args.benchmark,
-        "unseen": args.unseen,
-        "config": args.config,
-        "flags": flags,
-        "work_dir": args.work_dir,
-        "threads": args.threads,
-    }
+    shared = {"settings": settings, "benchmark": args.benchmark, "unseen": args.unseen, "config": args.config,
+              "flags": flags, "work_dir": args.work_dir, "threads": args.threads}  # fmt: skip
     mlfd_runs.stamp_seed_folders(args.work_dir, args.seeds, settings, flags)
     load_start, start = os.getloadavg()[0], time.perf_counter()
     row = Row("mlfd", "the MLFD stages of one seed, both fusion variants")

@@ -1,6 +1,12 @@
-"""What one seed of the MLFD page (``mlfd_results.py``) runs: the stages' settings from the recipe config and
-the overrides, and, per seed, the library's MLFD stages for both fusion variants (the multi-level run linking the
-single-level run's teachers and caches), the joint teachers' test retrieval and the universality check."""
+"""What one seed of the MLFD page (``mlfd_results.py``) runs, from the stages' settings (the recipe config and
+the overrides): the library's MLFD stages (:func:`hf_distill.trainers.mlfd_stages.run_mlfd_stages`, what
+``recipes/mlfd.py`` runs) twice, the joint teachers' test retrieval and the universality check.
+
+- ``seed<N>/single``: the recipe config as given (single-level fusion, ``joint_fusion_levels: 0``);
+- ``seed<N>/multi``: the same with ``joint_fusion_levels=1`` (multi-level fusion: two fused maps, the student
+  distils its last two levels). Its ``teachers/`` and ``cache/`` are links to the single-level run's, so the
+  individual teachers and their cached maps are trained and computed once per seed and feed both variants.
+"""
 
 from __future__ import annotations
 
