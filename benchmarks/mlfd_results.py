@@ -183,7 +183,7 @@ def report(page: dict[str, Any], output: Path) -> str:
         "",
         sweep.VERDICT_RULE,
         "",
-        *[f"- {note}" for note in page.get("notes", [])],
+        *sweep.page_notes(page, "notes"),
         *summary(records, domains, unseen),
         "",
         *sweep.commands_block(

@@ -6,6 +6,9 @@ each finished run in the page's JSON twin (the store: resumable, every run keyed
 seed, so a relaunch with the same settings skips it and a changed row is run again), and builds the page's
 pieces from that JSON alone — Markdown tables of mean ± sample std over seeds, claim verdicts, bar plots and the
 validation curve (merged R@1 against steps) of every row — so ``--report-only`` rebuilds a page without training.
+It also holds what the scripts share around their rows: the shared flags (:func:`page_parser`), opening a page
+(:func:`open_page`), recording an invocation and sweeping (:func:`run_page`) and the page's common sections
+(verdict rule, commands, metric tables, plots and runs). Each script's runs live beside it (``<method>_runs.py``).
 
 Records are flat: ``{"seed", "key", <metric key>: value, ..., "curve": [[step, value], ...],
 "selected_step", "seconds", "load"}``; metric keys follow ``hf_distill.evaluation`` (``merged/<domain>/R@1``).
@@ -250,12 +253,12 @@ def open_page(
     return page
 
 
-def run_page(page: dict, script: str, argv: Sequence[str], *sweep: Any, **setup: Any) -> dict:
-    """Record this invocation of ``script`` and ``setup`` on the page, then :func:`run_sweep` (``*sweep``: its
-    arguments before ``page``) into it."""
+def run_page(page: dict, script: str, argv: Sequence[str], *arguments: Any, **setup: Any) -> dict:
+    """Record this invocation of ``script`` and ``setup`` on the page, then :func:`run_sweep` into it
+    (``*arguments``: :func:`run_sweep`'s, ``page`` left out)."""
     record_command(page["setup"], script, argv)
     page["setup"].update(setup)
-    return run_sweep(*sweep, page=page)
+    return run_sweep(*arguments, page=page)
 
 
 def run_sweep(
