@@ -4,13 +4,8 @@
         [--benchmark data/manydomain] [--seeds 0 1 2] [--jobs 3] [--threads 1] [--unseen typefaces photos]
         [--work-dir outputs/mlfd_results] [--output docs/results/mlfd.md] [key=value ...]
 
-Every seed runs, in its own process (``--jobs`` at a time), the library's MLFD stages
-(:func:`hf_distill.trainers.mlfd_stages.run_mlfd_stages`, what ``recipes/mlfd.py`` runs) twice:
-
-- ``seed<N>/single``: the recipe config as given (single-level fusion, ``joint_fusion_levels: 0``);
-- ``seed<N>/multi``: the same with ``joint_fusion_levels=1`` (multi-level fusion: two fused maps, the student
-  distils its last two levels). Its ``teachers/`` and ``cache/`` are links to the single-level run's, so the
-  individual teachers and their cached maps are trained and computed once per seed and feed both variants.
+Every seed runs, in its own process (``--jobs`` at a time), the library's MLFD stages twice, single- and
+multi-level fusion, the individual teachers and their cached maps shared by both (``benchmarks/mlfd_runs.py``).
 
 Rows, all with the same architectures, input size, schedule and evaluation:
 
@@ -36,8 +31,6 @@ and prints the command and the load average (this runs on a shared machine).
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing
 import os
 import shlex
 import statistics
@@ -46,45 +39,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import mlfd_page  # noqa: E402
+import mlfd_runs  # noqa: E402
 import sweep  # noqa: E402
+from mlfd_page import LABELS, SHORT, beyond_noise, cell, comparison, seed_values  # noqa: E402
 from sweep import Row  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("single", "multi")
-ROWS = (
-    ("starting_point", "starting point (untrained student)"),
-    ("teacher", "individual teacher = dataset-specific student, no distillation"),
-    ("joint_single", "joint teacher, single-level fusion"),
-    ("joint_multi", "joint teacher, multi-level fusion"),
-    ("student_single", "MLFD student, single-level fusion"),
-    ("student_multi", "MLFD student, multi-level fusion"),
-)
-LABELS = dict(ROWS)
-METRICS = (
-    ("val/top1", "val top-1 (classifier head, held-out images of the training classes)"),
-    ("test/R@1", "test R@1 (unseen classes, separate protocol)"),
-    ("test/mP@5", "test mP@5 (unseen classes, separate protocol)"),
-)
-UNSEEN_ROWS = ("starting_point", "teacher", "student_single", "student_multi")
-SHORT = {
-    "starting_point": "starting point",
-    "teacher": "no-distillation students",
-    "student_single": "MLFD single-level",
-    "student_multi": "MLFD multi-level",
-}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = sweep.page_parser(
+        __doc__,
+        "docs/results/mlfd.md",
+        work_dir="outputs/mlfd_results",
+        helps={
+            "--jobs": "seeds run at the same time (at most 2)",
+            "--work-dir": "one sub-folder per seed",
+            "--report-only": "rewrite --output and its plots from its JSON twin (no run; the recorded command is kept)",
+        },
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", default="recipes/configs/mlfd_offline.yaml")
     parser.add_argument("--benchmark", default="data/manydomain")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=2, help="seeds run at the same time (at most 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per seed process")
     parser.add_argument(
         "--unseen", nargs="+", default=["typefaces", "photos"], help="domains for the universality check"
@@ -102,346 +78,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=10,
         help="never stop on a plateau before this (at 4 the rule stopped on the first noisy dip: see the page)",
     )
-    parser.add_argument("--work-dir", default="outputs/mlfd_results", help="one sub-folder per seed")
-    parser.add_argument("--output", default="docs/results/mlfd.md")
-    parser.add_argument(
-        "--report-only",
-        action="store_true",
-        help="rewrite --output and its plots from its JSON twin (no run; the recorded command is kept)",
-    )
     parser.add_argument(
         "overrides", nargs="*", help="stage-argument overrides as key=value (e.g. max_train_per_domain=500)"
     )
     return parser.parse_args(argv)
 
 
-def recipe_settings(config: str, overrides: dict[str, str]) -> dict[str, Any]:
-    """The config's keys with the command-line overrides applied (as the stages will read them)."""
-    settings = yaml.safe_load(Path(config).read_text()) or {}
-    settings.update({key: yaml.safe_load(value) for key, value in overrides.items()})
-    return settings
-
-
-def check_baseline_is_fair(settings: dict[str, Any]) -> None:
-    """Refuse a config where the stage-1 teacher would not be the no-distillation student (same schedule)."""
-    for teacher_key, student_key in (
-        ("teacher_epochs", "student_epochs"),
-        ("teacher_learning_rate", "student_learning_rate"),
-    ):
-        if teacher_key in settings or student_key in settings:
-            if settings.get(teacher_key) != settings.get(student_key):
-                raise SystemExit(
-                    f"{teacher_key}={settings.get(teacher_key)} differs from {student_key}="
-                    f"{settings.get(student_key)}: the individual teachers would not be the no-distillation "
-                    "students; set them equal"
-                )
-
-
-# ------------------------------------------------------------------------------------------- one seed
-
-
-def _stage_arguments(config: str, flags: list[str], benchmark: str, seed: int, output: Path, levels: int):
-    from hf_distill.recipe import parse_recipe_args
-    from hf_distill.trainers.mlfd_stages import MlfdStageArguments
-
-    argv = ["--config", config, *flags, "--benchmark", benchmark, "--seed", str(seed)]
-    argv += ["--output_dir", str(output)]
-    if levels:
-        argv += ["--joint_fusion_levels", str(levels)]
-    (args,) = parse_recipe_args([MlfdStageArguments], argv)
-    return args
-
-
-def _joint_teacher_retrieval(args: Any, benchmark: Any, variant_dir: Path) -> dict[str, float]:
-    """Test retrieval of a joint teacher: the frozen teachers' maps of each test image, fused and pooled."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-    from transformers import AutoModel
-
-    from hf_distill.data import ImageTransform
-    from hf_distill.evaluation import RetrievalEvaluator
-    from hf_distill.teachers.cache import map_column
-    from hf_distill.trainers.mlfd_stages import stage1_teachers, teacher_extractor
-
-    teachers = stage1_teachers(args, benchmark)
-    joint = AutoModel.from_pretrained(variant_dir / "joint_teacher").eval()
-    extract = teacher_extractor(teachers)
-
-    class JointTeacherEmbedder(nn.Module):
-        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-            maps = extract(pixel_values)
-            fused = joint.fuse({name: maps[map_column(name)] for name in joint.config.teacher_names})
-            return F.normalize(fused[-1].mean(dim=(2, 3)), dim=-1)
-
-    # The teachers' input is the un-augmented view their maps were cached from: [0, 1] pixels, each teacher
-    # normalising them its own way.
-    transform = ImageTransform(args.image_size, (0, 0, 0), (1, 1, 1), resize_size=args.image_size)
-    evaluator = RetrievalEvaluator(
-        benchmark,
-        split="test",
-        protocols=("separate",),
-        transform=transform,
-        batch_size=args.eval_batch_size,
-        domains=list(args.domains),
-    )
-    with torch.no_grad():
-        metrics = evaluator(JointTeacherEmbedder())
-    return {
-        f"{domain}/test/{key.split('/')[-1]}": value
-        for domain in args.domains
-        for key, value in metrics.items()
-        if key.startswith(f"separate/{domain}/")
-    }
-
-
-def _unseen_retrieval(args: Any, benchmark: Any, base: Path, unseen: list[str]) -> dict[str, dict]:
-    """Per row and trained domain: retrieval of that domain's exported embedder on the unseen domains."""
-    import torch
-    from transformers import AutoModel
-
-    from hf_distill.evaluation import RetrievalEvaluator
-    from hf_distill.models.mlfd import MlfdClassifierModel
-    from hf_distill.trainers.mlfd_evaluation import eval_transform
-    from hf_distill.trainers.mlfd_stages import classifier_config
-
-    results: dict[str, dict] = {row: {} for row in UNSEEN_ROWS}
-    for index, domain in enumerate(args.domains):
-        # The untrained model exactly as stage 1 builds it (same seed, same config).
-        torch.manual_seed(args.seed)
-        untrained = MlfdClassifierModel(classifier_config(args, index, benchmark.num_classes[domain]))
-        models = {
-            "starting_point": untrained,
-            "teacher": AutoModel.from_pretrained(base / "single" / "teachers" / domain),
-            "student_single": AutoModel.from_pretrained(base / "single" / "students" / domain),
-            "student_multi": AutoModel.from_pretrained(base / "multi" / "students" / domain),
-        }
-        for row, model in models.items():
-            evaluator = RetrievalEvaluator(
-                benchmark,
-                split="test",
-                protocols=("separate",),
-                transform=eval_transform(model.config),
-                batch_size=args.eval_batch_size,
-                domains=unseen,
-            )
-            with torch.no_grad():
-                metrics = evaluator(model.export_embedder())
-            results[row][domain] = {key.split("/", 1)[1]: value for key, value in metrics.items()}
-    return results
-
-
-def run_seed(
-    config: str,
-    flags: list[str],
-    benchmark_path: str,
-    seed: int,
-    work_dir: str,
-    threads: int,
-    unseen: list[str],
-) -> dict[str, Any]:
-    """Both MLFD variants of one seed, the joint teachers' test retrieval and the universality check."""
-    import datasets
-    import torch
-
-    from hf_distill.data import load_domains
-    from hf_distill.recipe import setup_logging
-    from hf_distill.trainers.mlfd_stages import run_mlfd_stages
-
-    torch.set_num_threads(threads)
-    base = Path(work_dir) / f"seed{seed}"
-    log = (base / "run.log").open("a")
-    if multiprocessing.parent_process() is not None:  # a worker: its output goes to the seed's log
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-    setup_logging()
-    datasets.disable_progress_bars()
-    start = time.perf_counter()
-    single = _stage_arguments(config, flags, benchmark_path, seed, base / "single", 0)
-    multi = _stage_arguments(config, flags, benchmark_path, seed, base / "multi", 1)
-    benchmark = load_domains(benchmark_path, [*single.domains, *unseen])
-    record: dict[str, Any] = {"seed": seed, "stages": {}, "joint_test": {}, "seconds": {}}
-    for name, args in (("single", single), ("multi", multi)):
-        folder = Path(args.output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        if name == "multi":
-            # Same teachers and caches as the single-level run: only stages 3 and 4 differ.
-            for shared in ("teachers", "cache"):
-                if not (folder / shared).exists():
-                    (folder / shared).symlink_to(Path("..") / "single" / shared)
-        previous = folder / "results.json"
-        # Stages found complete are skipped (and results.json rewritten): keep the time of the run that made them.
-        earlier = json.loads(previous.read_text())["seconds"] if previous.exists() else None
-        record["stages"][name] = run_mlfd_stages(args, benchmark)
-        record["seconds"][f"stages_{name}"] = earlier or record["stages"][name]["seconds"]
-        eval_start = time.perf_counter()
-        record["joint_test"][name] = _joint_teacher_retrieval(args, benchmark, folder)
-        record["seconds"][f"joint_test_{name}"] = round(time.perf_counter() - eval_start, 1)
-    eval_start = time.perf_counter()
-    record["unseen"] = _unseen_retrieval(single, benchmark, base, unseen)
-    record["seconds"]["unseen"] = round(time.perf_counter() - eval_start, 1)
-    record["seconds"]["this_invocation"] = round(time.perf_counter() - start, 1)
-    spent = record["seconds"]
-    record["seconds"]["total"] = round(
-        sum(
-            spent[key]
-            for key in ("stages_single", "stages_multi", "joint_test_single", "joint_test_multi", "unseen")
-        ),
-        1,
-    )
-    record["load"] = os.getloadavg()[0]
-    return record
-
-
-# ---------------------------------------------------------------------------------------------- table
-
-
-def row_value(record: dict[str, Any], row: str, domain: str, metric: str) -> float | None:
-    """One seed's value of ``metric`` for ``row`` on ``domain`` (None where the row has no such metric)."""
-    single, multi = record["stages"]["single"], record["stages"]["multi"]
-    if row == "starting_point":
-        return single["students"][domain]["starting_point"].get(metric)
-    if row == "teacher":
-        return single["teachers"][domain].get(metric)
-    if row.startswith("joint_"):
-        variant = row.removeprefix("joint_")
-        stages = single if variant == "single" else multi
-        if metric == "val/top1":
-            return stages["joint_teacher"][f"{domain}/val/top1"]
-        return record["joint_test"][variant].get(f"{domain}/{metric}")
-    return (single if row == "student_single" else multi)["students"][domain].get(metric)
-
-
-TRAINED = ("teacher", "student_single", "student_multi")
-
-
-def trained_runs(records: list[dict], domain: str) -> dict[str, list[dict]]:
-    """The models trained for ``domain`` (stages 1 and 4) as sweep rows: per seed its metrics, val curve,
-    selected step, training seconds and load, under ``<domain>/<row>``."""
-    runs: dict[str, list[dict]] = {}
-    for row in TRAINED:
-        for record in records:
-            stages = record["stages"]["multi" if row == "student_multi" else "single"]
-            metrics = (stages["teachers"] if row == "teacher" else stages["students"])[domain]
-            run = {**metrics, "seed": record["seed"], "seconds": metrics.get("train_seconds", 0.0)}
-            runs.setdefault(f"{domain}/{row}", []).append({**run, "load": record["load"]})
-    return runs
-
-
-def schedule(arguments: dict[str, Any]) -> str:
-    """The stage-1/4 budget rule in words."""
-    if not arguments.get("stop_on_plateau"):
-        return f"{arguments['teacher_epochs']:g} epochs"
-    return (
-        f"until val top-1 gained ≤ {100 * arguments['plateau_min_gain']:g} points over the last "
-        f"{100 * arguments['plateau_fraction']:g} % of the steps (evaluated every epoch, never before epoch "
-        f"{arguments.get('plateau_min_epochs', 0):g}, cap {arguments['teacher_epochs']:g} epochs; the best val "
-        "epoch is kept, so the val top-1 table is the selection metric and test is the unbiased one)"
-    )
-
-
-def joint_schedule(arguments: dict[str, Any]) -> str:
-    """Stage 3's budget in words (the same plateau rule, on the mean val top-1 over domains of the cached maps)."""
-    if not arguments.get("stop_on_plateau"):
-        return f"{arguments['joint_epochs']:g} epochs"
-    return f"to the same plateau on its mean val top-1 (cap {arguments['joint_epochs']:g} epochs)"
-
-
-def seed_values(records: list[dict], row: str, domains: list[str], column: str, metric: str) -> list[float]:
-    """Per seed, the value in ``column`` (a domain, or ``mean``: the unweighted mean over ``domains``)."""
-    values = []
-    for record in records:
-        if column == "mean":
-            values.append(statistics.mean(row_value(record, row, domain, metric) for domain in domains))
-        else:
-            values.append(row_value(record, row, column, metric))
-    return values
-
-
-mean_std, cell = sweep.mean_std, sweep.cell
-
-
-def beyond_noise(a: list[float], b: list[float]) -> bool:
-    """Whether two means differ by more than the sum of their standard deviations (``sweep.verdict``)."""
-    return sweep.verdict(a, b)[0] != sweep.NOISE
-
-
-def comparison(a: list[float], b: list[float]) -> str:
-    delta = 100 * (statistics.mean(a) - statistics.mean(b))
-    return f"{delta:+.1f}{'*' if beyond_noise(a, b) else ''}"
-
-
-def main_table(records: list[dict], domains: list[str], metric: str) -> list[str]:
-    """The page's table of ``metric`` (``sweep.table`` over each row's per-seed values)."""
-    columns = [*domains, "mean"]
-    page = {"rows": {row: [{} for _ in records] for row, _ in ROWS}}
-    for row, _ in ROWS:
-        for column in columns:
-            for slot, value in zip(page["rows"][row], seed_values(records, row, domains, column, metric)):
-                slot[column] = value
-    return sweep.table(page, ROWS, columns, lambda column: column)
-
-
-def delta_table(records: list[dict], domains: list[str]) -> list[str]:
-    """MLFD students minus the no-distillation students and minus the starting point (* = beyond noise)."""
-    lines = [
-        "| MLFD student | vs | metric | " + " | ".join(domains) + " | mean |",
-        "|---|---|---|" + "---:|" * (len(domains) + 1),
-    ]
-    for student in ("student_single", "student_multi"):
-        for reference in ("teacher", "starting_point"):
-            for metric, _ in METRICS[:2]:
-                cells = [
-                    comparison(
-                        seed_values(records, student, domains, column, metric),
-                        seed_values(records, reference, domains, column, metric),
-                    )
-                    for column in [*domains, "mean"]
-                ]
-                name = "no distillation" if reference == "teacher" else "starting point"
-                lines.append(
-                    f"| {LABELS[student].split(', ')[1]} | {name} | {metric} | " + " | ".join(cells) + " |"
-                )
-    return lines
-
-
-def unseen_values(records: list[dict], row: str, domain: str, unseen: str) -> list[float]:
-    return [record["unseen"][row][domain][f"{unseen}/R@1"] for record in records]
-
-
-def unseen_table(records: list[dict], domains: list[str], unseen: list[str]) -> list[str]:
-    targets = [*unseen, "mean"] if len(unseen) > 1 else unseen
-    columns = [(domain, target) for domain in domains for target in targets]
-    header = " | ".join(f"{domain} → {target}" for domain, target in columns)
-    lines = [f"| exported embedder | {header} |", "|---|" + "---:|" * len(columns)]
-    for row in UNSEEN_ROWS:
-        label = LABELS[row].split(" = ")[0] if row == "teacher" else LABELS[row]
-        if row == "teacher":
-            label = "dataset-specific student, no distillation"
-        cells = [cell(unseen_values(records, row, domain, target)) for domain, target in columns]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return lines
-
-
 def claims(records: list[dict], domains: list[str]) -> list[str]:
     """Claim (e) of the results issue, on mean test R@1 (unseen classes) and mean val top-1, per fusion variant."""
+
+    def claim(text: str, row: str, reference: str, metric: str) -> str:
+        means = (seed_values(records, name, domains, "mean", metric) for name in (row, reference))
+        return sweep.verdict_line(text, *means)
+
     lines = []
     for student in ("student_single", "student_multi"):
         for metric, name in (("test/R@1", "mean test R@1"), ("val/top1", "mean val top-1")):
-            lines.append(
-                sweep.verdict_line(
-                    f"(e) {LABELS[student]} beats the dataset-specific students, {name}",
-                    seed_values(records, student, domains, "mean", metric),
-                    seed_values(records, "teacher", domains, "mean", metric),
-                )
-            )
-        lines.append(
-            sweep.verdict_line(
-                f"{LABELS[student]} beats its untrained starting point, mean test R@1",
-                seed_values(records, student, domains, "mean", "test/R@1"),
-                seed_values(records, "starting_point", domains, "mean", "test/R@1"),
-            )
-        )
+            text = f"(e) {LABELS[student]} beats the dataset-specific students, {name}"
+            lines.append(claim(text, student, "teacher", metric))
+        text = f"{LABELS[student]} beats its untrained starting point, mean test R@1"
+        lines.append(claim(text, student, "starting_point", "test/R@1"))
     return lines
 
 
@@ -509,79 +165,14 @@ def summary(records: list[dict], domains: list[str], unseen: list[str]) -> list[
     return lines
 
 
-def plots(records: list[dict], domains: list[str], unseen: list[str], output: Path) -> list[Path]:
-    """Per-domain bars of val top-1 and test R@1 for every row, and the universality check."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    columns = [*domains, "mean"]
-    figure, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    width = 0.8 / len(ROWS)
-    for axis, (metric, title) in zip(axes, METRICS[:2]):
-        for position, (row, label) in enumerate(ROWS):
-            stats = [mean_std(seed_values(records, row, domains, column, metric)) for column in columns]
-            axis.bar(
-                [index + position * width for index in range(len(columns))],
-                [100 * mean for mean, _ in stats],
-                width,
-                yerr=[100 * std for _, std in stats],
-                label=label,
-            )
-        axis.set_xticks([index + 0.4 - width / 2 for index in range(len(columns))])
-        axis.set_xticklabels(columns)
-        axis.set_ylabel("%")
-        axis.set_title(title.split(" (")[0])
-    figure.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
-    figure.tight_layout(rect=(0, 0.1, 1, 1))
-    paths.append(output.with_name(output.stem + "_per_domain.png"))
-    figure.savefig(paths[-1], dpi=110)
-    plt.close(figure)
-
-    figure, axis = plt.subplots(figsize=(8, 4))
-    width = 0.8 / len(UNSEEN_ROWS)
-    for position, row in enumerate(UNSEEN_ROWS):
-        stats = [
-            mean_std([statistics.mean(r["unseen"][row][domain][f"{t}/R@1"] for t in unseen) for r in records])
-            for domain in domains
-        ]
-        axis.bar(
-            [index + position * width for index in range(len(domains))],
-            [100 * mean for mean, _ in stats],
-            width,
-            yerr=[100 * std for _, std in stats],
-            label=SHORT[row],
-        )
-    axis.set_xticks([index + 0.4 - width / 2 for index in range(len(domains))])
-    axis.set_xticklabels([f"{domain} student" for domain in domains])
-    axis.set_ylabel(f"test R@1 on {', '.join(unseen)} (mean), %")
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    paths.append(output.with_name(output.stem + "_universality.png"))
-    figure.savefig(paths[-1], dpi=110)
-    plt.close(figure)
-    return paths
-
-
 def report(page: dict[str, Any], output: Path) -> str:
     results = page["setup"]
     records = page["rows"]["mlfd"]
     arguments = records[0]["stages"]["single"]["arguments"]
     domains, unseen = arguments["domains"], results["unseen"]
-    backbones = dict(zip(domains, arguments["teacher_backbones"]))
-    plot_paths = plots(records, domains, unseen, output)
-    rows = [(f"{domain}/{row}", f"{domain}: {SHORT[row]}") for domain in domains for row in TRAINED]
-    curves = {
-        "rows": {name: runs for domain in domains for name, runs in trained_runs(records, domain).items()}
-    }
-    for domain in domains:
-        mine = [(name, label.split(": ")[1]) for name, label in rows if name.startswith(f"{domain}/")]
-        path = sweep.plot_curves(
-            curves, mine, output.with_name(f"{output.stem}_val_{domain}.png"), f"{domain}: val top-1 (%)"
-        )
-        plot_paths += [path] if path else []
+    plot_paths = mlfd_page.plots(records, domains, unseen, output)
+    curves, rows, paths = mlfd_page.validation_plots(records, domains, output)
+    plot_paths += paths
     seconds = [record["seconds"] for record in records]
     lines = [
         "# MLFD on the many-class benchmark",
@@ -590,18 +181,15 @@ def report(page: dict[str, Any], output: Path) -> str:
         "",
         *claims(records, domains),
         "",
-        "Verdict rule: a claim holds when the difference of the means exceeds the sum of the two seed standard "
-        "deviations, does not hold when it is below minus that sum, else it is within seed noise.",
+        sweep.VERDICT_RULE,
         "",
-        *[f"- {note}" for note in page.get("notes", [])],
+        *sweep.page_notes(page, "notes"),
         *summary(records, domains, unseen),
         "",
-        "Produced by (Δ marked * when |Δ| > the sum of the two standard deviations, the issue's noise rule):",
-        "",
-        "```",
-        *results.get("commands", [results.get("command", "")]),
-        "```",
-        "",
+        *sweep.commands_block(
+            results,
+            "Produced by (Δ marked * when |Δ| > the sum of the two standard deviations, the issue's noise rule):",
+        ),
         "On the shared 2-core development machine; per seed the time of every stage and evaluation is in the "
         f"Runs table (their sum, {max(spent['total'] for spent in seconds) / 60:.1f} min for the slowest seed, is "
         "a seed's wall time: the two fusion variants run one after the other). The last invocation of the script "
@@ -611,51 +199,23 @@ def report(page: dict[str, Any], output: Path) -> str:
         "sample std over seeds "
         f"{', '.join(map(str, results['seeds']))}.",
         "",
-        "## Setting",
-        "",
-        f"- benchmark `{arguments['benchmark']}`; MLFD datasets: "
-        + ", ".join(f"{domain} (teacher and student `{backbones[domain]}`)" for domain in domains)
-        + (
-            ". Three kinds of image — grey photographs of clothing (6 training classes, 1,500 images each), "
-            "handwritten digits (6 classes) and national flags (159 classes, about 5 images each) — and mixed "
-            "teacher architectures (a ViT and CNNs), as in the paper; the shipped `recipes/configs/mlfd_offline.yaml`."
-            if domains == ["clothing", "digits", "flags"]
-            else "."
-        ),
-        f"- every model from scratch at {arguments['image_size']} px (train: resize {arguments['train_resize_size']}, "
-        f"random crop, flip), on a fixed subset of at most {arguments['max_train_per_domain']} training images per "
-        f"domain (the same for every seed); teachers and students {schedule(arguments)}, "
-        f"lr {arguments['teacher_learning_rate']:g} cosine, batch {arguments['batch_size']}, AdamW wd "
-        f"{arguments['weight_decay']:g}; joint teacher {joint_schedule(arguments)} on the cached "
-        f"last-stage maps (adaptors {arguments['joint_adaptor_channels']}, output {arguments['joint_out_channels']} "
-        f"channels, dropout {arguments['joint_dropout']}); student loss α = {arguments['alpha']}, "
-        f"β = {arguments['beta']}, γ = {arguments['gamma']}, T = {arguments['temperature']}.",
-        "- multi-level fusion: `joint_fusion_levels=1` (a stride-2 3×3 fusion block and a second fused map); the "
-        "student distils its last two feature levels. At 32 px the CNN teachers' last map is 1×1, so the fusion "
-        "grid is 1×1 and the two fused levels differ in depth, not in resolution.",
-        "- the individual teachers (stage 1) and their cached maps (stage 2) are computed once per seed and "
-        "shared by both fusion variants; the no-distillation row is the stage-1 model (see the script's docstring).",
-        "- starting point: the untrained student of each seed, evaluated by the trainer's evaluator before the "
-        "first step (the teacher's untrained model, built from the same seed, has the same backbone).",
-        "- joint teacher rows: val top-1 on the cached val maps; test retrieval with the L2-normalised pooled "
-        "deepest fused map, the frozen individual teachers run on each test image.",
-        "",
+        *mlfd_page.setting_lines(arguments),
     ]
-    for metric, title in METRICS:
-        lines += [f"## {title}", "", *main_table(records, domains, metric), ""]
+    for metric, title in mlfd_page.METRICS:
+        lines += [f"## {title}", "", *mlfd_page.main_table(records, domains, metric), ""]
     lines += [
         "## Differences",
         "",
         "MLFD student minus reference, points (* = beyond seed noise).",
         "",
-        *delta_table(records, domains),
+        *mlfd_page.delta_table(records, domains),
         "",
         "## Universality check",
         "",
         f"Test R@1 (separate protocol) on domains no MLFD stage trained on ({', '.join(unseen)}), of each "
         "exported embedder and of its untrained starting point.",
         "",
-        *unseen_table(records, domains, unseen),
+        *mlfd_page.unseen_table(records, domains, unseen),
         "",
         "## Plots",
         "",
@@ -664,33 +224,7 @@ def report(page: dict[str, Any], output: Path) -> str:
         "## Runs",
         "",
     ]
-    if any(run.get("curve") for runs in curves["rows"].values() for run in runs):
-        lines += [
-            "Each trained model: optimizer steps run, the step of the epoch kept (best val top-1), its training "
-            "seconds and the load average when its seed ended.",
-            "",
-            *sweep.runs_table(curves, rows),
-            "",
-            "Per seed:",
-            "",
-        ]
-    lines += [
-        "| seed | stages, single (s) | stages, multi (s) | joint test eval (s) | universality eval (s) | total (s) | load |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for record, spent in zip(records, seconds):
-        lines.append(
-            f"| {record['seed']} | {spent['stages_single']:.0f} | {spent['stages_multi']:.0f} | "
-            f"{spent['joint_test_single'] + spent['joint_test_multi']:.0f} | {spent['unseen']:.0f} | "
-            f"{spent['total']:.0f} | {record['load']:.1f} |"
-        )
-    lines += [
-        "",
-        "Stage times are those of the run that produced the stage outputs (`seconds` in each variant's "
-        "`results.json`; a relaunch skips finished stages and reuses them, and the single-level stages may have "
-        "been run by `recipes/mlfd.py` with the same settings into the same folders).",
-        "",
-    ]
+    lines += mlfd_page.runs_lines(records, curves, rows)
     return "\n".join(lines)
 
 
@@ -707,67 +241,29 @@ def convert(page: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_run(name: str, settings: dict[str, Any], seed: int) -> dict[str, Any]:
-    """The sweep's training function: every stage of one seed (both fusion variants), see :func:`run_seed`."""
-    return run_seed(
-        settings["config"],
-        settings["flags"],
-        settings["benchmark"],
-        seed,
-        settings["work_dir"],
-        settings["threads"],
-        settings["unseen"],
-    )
+    """The sweep's training function: every stage of one seed (both fusion variants), see
+    :func:`mlfd_runs.run_seed`."""
+    config, flags, benchmark = settings["config"], settings["flags"], settings["benchmark"]
+    return mlfd_runs.run_seed(config, flags, benchmark, seed, settings["work_dir"], settings["threads"], settings["unseen"])  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     output = Path(args.output)
-    page = convert(sweep.load_page(output.with_suffix(".json")))
+    page = sweep.open_page(output, convert)
     if args.report_only:
         output.write_text(report(page, output))
         print(f"rewrote {output} from {output.with_suffix('.json')}")
         return 0
-    overrides = dict(item.split("=", 1) for item in args.overrides)
-    if args.cap_epochs:
-        # The budget rule of every results page: train to the validation plateau, keep the best epoch.
-        plateau = {"stop_on_plateau": "true", "plateau_min_epochs": f"{args.min_epochs:g}"}
-        plateau |= {f"{stage}_epochs": f"{args.cap_epochs:g}" for stage in ("teacher", "joint", "student")}
-        overrides = {**plateau, **overrides}
-    settings = recipe_settings(args.config, overrides)
-    check_baseline_is_fair(settings)
-    missing = sorted(set(args.unseen) & set(settings.get("domains", [])))
-    if missing:
-        raise SystemExit(
-            f"--unseen {missing} are MLFD training domains; name domains outside {settings['domains']}"
-        )
+    settings, flags = mlfd_runs.stage_settings(args)
     command = "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/mlfd_results.py " + shlex.join(
         argv if argv is not None else sys.argv[1:]
     )
     print(command, flush=True)
     os.environ.update(OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
-    flags = [part for key, value in overrides.items() for part in (f"--{key}", *value.split())]
-    shared = {
-        "settings": settings,
-        "benchmark": args.benchmark,
-        "unseen": args.unseen,
-        "config": args.config,
-        "flags": flags,
-        "work_dir": args.work_dir,
-        "threads": args.threads,
-    }
-    for seed in args.seeds:
-        folder = Path(args.work_dir) / f"seed{seed}"
-        folder.mkdir(parents=True, exist_ok=True)
-        # Finished stages in a seed folder are skipped on a relaunch: they must come from these settings.
-        stamp, wanted = (
-            folder / "settings.json",
-            json.dumps({"settings": settings, "flags": flags}, sort_keys=True),
-        )
-        if stamp.exists() and stamp.read_text() != wanted:
-            raise SystemExit(
-                f"{folder} holds stages trained with other settings ({stamp}); pass another --work-dir or remove it"
-            )
-        stamp.write_text(wanted)
+    shared = {"settings": settings, "benchmark": args.benchmark, "unseen": args.unseen, "config": args.config,
+              "flags": flags, "work_dir": args.work_dir, "threads": args.threads}  # fmt: skip
+    mlfd_runs.stamp_seed_folders(args.work_dir, args.seeds, settings, flags)
     load_start, start = os.getloadavg()[0], time.perf_counter()
     row = Row("mlfd", "the MLFD stages of one seed, both fusion variants")
     earlier_keys = {record.get("key") for record in page.get("rows", {}).get("mlfd", [])}

@@ -6,6 +6,9 @@ each finished run in the page's JSON twin (the store: resumable, every run keyed
 seed, so a relaunch with the same settings skips it and a changed row is run again), and builds the page's
 pieces from that JSON alone — Markdown tables of mean ± sample std over seeds, claim verdicts, bar plots and the
 validation curve (merged R@1 against steps) of every row — so ``--report-only`` rebuilds a page without training.
+It also holds what the scripts share around their rows: the shared flags (:func:`page_parser`), opening a page
+(:func:`open_page`), recording an invocation and sweeping (:func:`run_page`) and the page's common sections
+(verdict rule, commands, metric tables, plots and runs). Each script's runs live beside it (``<method>_runs.py``).
 
 Records are flat: ``{"seed", "key", <metric key>: value, ..., "curve": [[step, value], ...],
 "selected_step", "seconds", "load"}``; metric keys follow ``hf_distill.evaluation`` (``merged/<domain>/R@1``).
@@ -17,6 +20,7 @@ noise* otherwise.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import inspect
 import json
@@ -35,7 +39,11 @@ from hf_distill.trainers import callbacks
 
 MAX_JOBS = 2
 HOLDS, DOES_NOT_HOLD, NOISE = "holds", "does not hold", "within seed noise"
-CURVE_KEY = "eval_merged/mean/R@1"
+CURVE_KEY, PRIMARY = "eval_merged/mean/R@1", "merged/mean/R@1"
+VERDICT_RULE = (
+    "Verdict rule: a claim holds when the difference of the means exceeds the sum of the two seed standard "
+    "deviations, does not hold when it is below minus that sum, else it is within seed noise."
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,12 @@ def accepted_names(*targets: Any) -> set[str]:
     return names
 
 
+def dataclass_of(cls: type, values: dict) -> Any:
+    """An instance of the dataclass ``cls`` from the entries of ``values`` that are its fields (others ignored)."""
+    names = {item.name for item in fields(cls)}
+    return cls(**{key: value for key, value in values.items() if key in names})
+
+
 def unsupported(settings: dict, accepted: set[str]) -> list[str]:
     """Setting names of a row that nothing in the library accepts yet (the row is skipped, not run).
 
@@ -90,6 +104,82 @@ def unsupported(settings: dict, accepted: set[str]) -> list[str]:
         accepted: what the script and the library accept (see :func:`accepted_names`).
     """
     return sorted(set(settings) - accepted)
+
+
+# --------------------------------------------------------------------------------------- command line
+
+
+def page_parser(
+    doc: str,
+    output: str,
+    rows: Iterable[str] | None = None,
+    output_flag: str = "--output",
+    work_dir: str | None = None,
+    merge: bool = False,
+    helps: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> argparse.ArgumentParser:
+    """The flags the results scripts share, in this order: ``--rows`` (when ``rows`` are given), ``--seeds``,
+    ``--jobs``, ``--work-dir`` (when given a default), the page (``output_flag``), ``--report-only`` and
+    ``--merge`` (when ``merge``).
+
+    Args:
+        doc: the script's docstring (its first line describes the parser).
+        output: the page's default path.
+        helps: help texts replacing the shared ones, by flag (``"--jobs"`` …).
+        **kwargs: further ``argparse.ArgumentParser`` arguments.
+    """
+    helps = {
+        "--jobs": f"worker processes (at most {MAX_JOBS})",
+        "--report-only": "rebuild the page from its JSON",
+        **(helps or {}),
+    }
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0], **kwargs)
+    if rows is not None:
+        parser.add_argument("--rows", nargs="+", default=list(rows), choices=list(rows))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=MAX_JOBS, help=helps["--jobs"])
+    if work_dir is not None:
+        parser.add_argument("--work-dir", default=work_dir, help=helps.get("--work-dir"))
+    parser.add_argument(output_flag, default=output)
+    parser.add_argument("--report-only", action="store_true", help=helps["--report-only"])
+    if merge:
+        parser.add_argument(
+            "--merge",
+            nargs="+",
+            default=[],
+            metavar="JSON",
+            help="first add the runs of these stores (invocations run side by side with another --output)",
+        )
+    return parser
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, defaults: dict, dashed: bool = False) -> None:
+    """One flag per shared setting (``--name``, or ``--na-me`` when ``dashed``), typed by its default."""
+    for name, value in defaults.items():
+        parser.add_argument(
+            f"--{name.replace('_', '-') if dashed else name}", type=type(value), default=value
+        )
+
+
+def budget_rule(
+    who: str, gain: float, fraction: float, every: int, cap: int, min_steps: int | None = None
+) -> str:
+    """The page's budget rule (the plateau rule of ``stop_on_plateau``) in words.
+
+    Args:
+        who: what the rule applies to (``"every trained row"``).
+        gain / fraction: the plateau threshold and window (fractions).
+        every: steps between two evaluations.
+        cap: the most steps a run may take.
+        min_steps: the step before which no run stops (None: not named).
+    """
+    floor = f", never before step {min_steps}" if min_steps is not None else ""
+    return (
+        f"{who} stops once validation merged R@1 gained ≤ {100 * gain:.1f} points over the last "
+        f"{100 * fraction:.0f} % of its steps (evaluated every {every} steps{floor}, cap {cap}); the best "
+        "validation checkpoint is tested."
+    )
 
 
 # ---------------------------------------------------------------------------------------------- store
@@ -150,6 +240,27 @@ def merge_page(page: dict, other: dict) -> dict:
     return page
 
 
+def open_page(
+    output: Path, convert: Callable[[dict], dict] = lambda page: page, merge: Sequence[str] = ()
+) -> dict:
+    """The page's store (``output``'s JSON twin) in the runner's shape (``convert``), with the runs of the
+    ``merge`` stores added (then saved)."""
+    page = convert(load_page(output.with_suffix(".json")))
+    for other in merge:
+        merge_page(page, load_page(Path(other)))
+    if merge:
+        save_page(page, output.with_suffix(".json"))
+    return page
+
+
+def run_page(page: dict, script: str, argv: Sequence[str], *arguments: Any, **setup: Any) -> dict:
+    """Record this invocation of ``script`` and ``setup`` on the page, then :func:`run_sweep` into it
+    (``*arguments``: :func:`run_sweep`'s, ``page`` left out)."""
+    record_command(page["setup"], script, argv)
+    page["setup"].update(setup)
+    return run_sweep(*arguments, page=page)
+
+
 def run_sweep(
     rows: Sequence[Row],
     seeds: Sequence[int],
@@ -202,7 +313,7 @@ def run_sweep(
     def finish(name: str, seed: int, key: str, record: dict) -> None:
         add_record(page, name, {**record, "seed": seed, "key": key})
         save_page(page, path)
-        value = record.get("merged/mean/R@1")
+        value = record.get(PRIMARY)
         shown = f"{100 * value:.1f}" if isinstance(value, float) else "—"
         print(f"[{time.perf_counter() - start:6.0f} s] {name} seed {seed}: merged R@1 {shown}", flush=True)
 
@@ -269,6 +380,12 @@ def verdict(a: Sequence[float], b: Sequence[float]) -> tuple[str, float, float]:
     return NOISE, delta, noise
 
 
+def comparison(a: Sequence[float], b: Sequence[float]) -> str:
+    """``mean(a) − mean(b)`` in points, marked ``*`` when beyond seed noise (the verdict rule)."""
+    delta = 100 * (statistics.mean(a) - statistics.mean(b))
+    return f"{delta:+.1f}{'*' if verdict(a, b)[0] != NOISE else ''}"
+
+
 def verdict_line(claim: str, a: Sequence[float], b: Sequence[float], scale: float = 100.0) -> str:
     """A Markdown verdict line: ``- **claim**: holds (+2.1 points, sum of stds 0.8).`` ``a`` is a trained row: with
     one seed there is no seed noise to judge by, so the line gives the difference and no verdict."""
@@ -278,6 +395,16 @@ def verdict_line(claim: str, a: Sequence[float], b: Sequence[float], scale: floa
     if len(a) < 2:
         return f"- **{claim}**: one seed only, no verdict ({scale * delta:+.1f} points)."
     return f"- **{claim}**: {word} ({scale * delta:+.1f} points, sum of stds {scale * noise:.1f})."
+
+
+def claim_line(page: dict, claim: str, row: str, reference: str, key: str = PRIMARY) -> str:
+    """:func:`verdict_line` of "``row`` beats ``reference``" on ``key`` of the page's runs."""
+    return verdict_line(claim, values(page, row, key), values(page, reference, key))
+
+
+def measured(lines: Iterable[str]) -> list[str]:
+    """The verdict lines whose rows are on the page (those saying "not measured." left out)."""
+    return [line for line in lines if not line.endswith("not measured.")]
 
 
 def table(
@@ -297,6 +424,38 @@ def table(
         cells[-1] = f"**{cells[-1]}**"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
+
+
+def metric_tables(
+    page: dict,
+    title: str,
+    rows: Sequence[tuple[str, str]],
+    columns: Sequence[str],
+    metrics: Iterable[tuple[str, str, str]],
+    first: str,
+) -> list[str]:
+    """One :func:`table` per ``(protocol, metric, heading)`` under ``## {title}: {heading}``, the cells keyed
+    ``{protocol}/{column}/{metric}``."""
+    lines = []
+    for protocol, metric, heading in metrics:
+        lines += [f"## {title}: {heading}", ""]
+        lines += table(page, rows, columns, lambda c, p=protocol, m=metric: f"{p}/{c}/{m}", first) + [""]
+    return lines
+
+
+def page_notes(page: dict, *keys: str) -> list[str]:
+    """The page's stored notes (under each of ``keys``) as Markdown items."""
+    return [f"- {note}" for key in keys for note in page.get(key, [])]
+
+
+def skipped_lines(page: dict) -> list[str]:
+    """One Markdown item per row the last sweep skipped, with why."""
+    return [f"- row `{name}` skipped: {why}" for name, why in page.get("skipped", {}).items()]
+
+
+def commands_block(setup: dict, intro: str = "Produced by:") -> list[str]:
+    """``intro`` and the page's recorded commands in a code block (a store's single ``command`` before the list)."""
+    return [intro, "", "```", *setup.get("commands", [setup.get("command", "")]), "```", ""]
 
 
 # -------------------------------------------------------------------------------------------- curves
@@ -409,3 +568,25 @@ def runs_table(page: dict, rows: Iterable[tuple[str, str]]) -> list[str]:
                 f"{record.get('seconds', 0):.0f} | {record.get('load', 0):.1f} |"
             )
     return lines
+
+
+def plots_and_runs(
+    page: dict,
+    bar_rows: Sequence[tuple[str, str]],
+    rows: Sequence[tuple[str, str]],
+    domains: Sequence[str],
+    output: Path,
+    name: str,
+) -> list[str]:
+    """The ``## Plots`` and ``## Runs`` sections: bars of merged test R@1 per domain of ``bar_rows``
+    (``<name>_per_domain.png`` beside ``output``), the validation curves of ``rows`` (``<name>_validation.png``,
+    when any row has one) and the table of ``rows``' runs."""
+    bars, curves = (
+        output.with_name(f"{output.stem}_per_domain.png"),
+        output.with_name(f"{output.stem}_validation.png"),
+    )
+    plot_bars(page, bar_rows, [*domains, "mean"], lambda c: f"merged/{c}/R@1", bars, "merged test R@1 (%)")
+    lines = ["## Plots", "", f"![merged R@1 per domain]({bars.name})", ""]
+    if plot_curves(page, rows, curves, "val merged R@1 (%)"):
+        lines += [f"![validation merged R@1 against steps]({curves.name})", ""]
+    return lines + ["## Runs", "", *runs_table(page, rows), ""]
