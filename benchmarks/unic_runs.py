@@ -261,10 +261,6 @@ class ValidationEvaluator:
         return self.evaluator(NormalizedEmbedder(model.export_embedder()).eval())
 
 
-def settings_of(values: dict) -> Settings:
-    return sweep.dataclass_of(Settings, values)
-
-
 def recipe_run(name: str, values: dict, seed: int, options: dict[str, Any], student_start: dict) -> dict:
     """Regime (ii) students: ``recipes/unic.py`` with the row's recipe settings (its variant's switches
     ``options``, the student's start ``student_start``) and the plateau rule."""
@@ -307,7 +303,7 @@ def trainer_run(values: dict, seed: int, variants: dict[str, dict[str, Any]]) ->
     from hf_distill.teachers.cache import CachedViewDataset
     from hf_distill.trainers.unic import UnicTrainer, UnicTrainingArguments
 
-    settings, work_dir = settings_of(values), values["work_dir"]
+    settings, work_dir = sweep.dataclass_of(Settings, values), values["work_dir"]
     images_dir = settings.directory(work_dir, "evaluation") / "images"
     benchmark = evaluation_benchmark(settings, images_dir)
     if values["kind"] == "teacher":
@@ -362,7 +358,7 @@ def prepare(rows: list[Row], shared: dict) -> None:
         values = {**shared, **row.settings}
         if "student_offline_weights" in values:
             continue
-        settings = settings_of(values)
+        settings = sweep.dataclass_of(Settings, values)
         evaluation_benchmark(settings, settings.directory(values["work_dir"], "evaluation") / "images")
         if values["kind"] == "student" and values["variant"] != "starting_point":
             images = training_images(load_benchmark(settings.benchmark), settings)
